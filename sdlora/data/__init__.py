@@ -1,0 +1,1 @@
+"""Dataset: scanning folders, captions, image loading and the batch order."""

@@ -1,0 +1,1 @@
+"""Built-in demo data: small synthetic images that need no download."""

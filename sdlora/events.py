@@ -1,0 +1,118 @@
+"""Typed training events and their JSONL form: the only channel from the trainer to CLI and UI.
+
+Each event is one JSON object per line with a `type` field; readers skip a torn last line.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+
+@dataclass
+class Event:
+    type: str = field(init=False, default="")
+    time: float = field(init=False, default_factory=time.time)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), ensure_ascii=False)
+
+
+@dataclass
+class Started(Event):
+    total_steps: int
+    epochs: int
+    steps_per_epoch: int
+    num_images: int
+    trainable_params: int
+    total_params: int
+    family: str
+    device: str
+    output_dir: str
+    type: str = field(init=False, default="started")
+
+
+@dataclass
+class Step(Event):
+    step: int
+    total: int
+    epoch: int
+    loss: float
+    lr: float
+    it_per_s: float
+    type: str = field(init=False, default="step")
+
+
+@dataclass
+class Sampled(Event):
+    step: int
+    paths: list
+    type: str = field(init=False, default="sampled")
+
+
+@dataclass
+class Saved(Event):
+    step: int
+    path: str
+    type: str = field(init=False, default="saved")
+
+
+@dataclass
+class Warning_(Event):
+    message: str
+    type: str = field(init=False, default="warning")
+
+
+@dataclass
+class Finished(Event):
+    step: int
+    path: str
+    stopped_early: bool
+    seconds: float
+    type: str = field(init=False, default="finished")
+
+
+@dataclass
+class Failed(Event):
+    message: str
+    user_error: bool
+    type: str = field(init=False, default="failed")
+
+
+EventSink = Callable[[Event], None]
+
+
+class JsonlWriter:
+    """Appends events to a file, flushing each line so a follower sees it at once."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._handle = open(self.path, "a", encoding="utf-8")
+
+    def __call__(self, event: Event) -> None:
+        self._handle.write(event.to_json() + "\n")
+        self._handle.flush()
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+def read_events(path: Path) -> Iterator[dict]:
+    """Every complete event in a JSONL file, as dicts (a torn last line is skipped)."""
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if not line.endswith("\n"):
+                break
+            yield json.loads(line)
+
+
+def fan_out(*sinks: EventSink) -> EventSink:
+    def emit(event: Event) -> None:
+        for sink in sinks:
+            sink(event)
+
+    return emit

@@ -1,0 +1,1 @@
+"""Base-model loading, family detection, offline tokenizer and tiny model factory."""

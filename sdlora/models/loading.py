@@ -1,0 +1,126 @@
+"""Find and load a base model: builtin tiny models, diffusers folders, hub ids (cache only offline)."""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ModelError
+from .family import FAMILY_NAMES, detect_family, prediction_type_of
+
+BUILTIN_PREFIX = "builtin:"
+BUILTIN_MODELS = {"tiny-sd15": "sd15", "tiny-sd2-v": "sd2-v", "tiny-sdxl": "sdxl"}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def sdlora_home() -> Path:
+    """Where sdlora keeps built-in models, demo data and caches (SDLORA_HOME overrides)."""
+    return Path(os.environ.get("SDLORA_HOME", Path.home() / ".cache" / "sdlora"))
+
+
+def builtin_model_path(name: str) -> Path:
+    """Path of a built-in model, built on first use (deterministic, seed 0)."""
+    from ..fsutil import atomic_dir
+    from .tiny import save_tiny_model
+
+    if name not in BUILTIN_MODELS:
+        raise ModelError(
+            f"Unknown built-in model '{BUILTIN_PREFIX}{name}'; built-in models are "
+            + ", ".join(BUILTIN_PREFIX + n for n in BUILTIN_MODELS)
+            + "."
+        )
+    folder = sdlora_home() / "models" / name
+    if not (folder / "model_index.json").is_file():
+        with atomic_dir(folder) as tmp:
+            save_tiny_model(tmp, BUILTIN_MODELS[name])
+    return folder
+
+
+def resolve_model_path(path: str) -> Path:
+    """Turn model.path into a local diffusers folder, or raise ModelError saying what to do."""
+    if not path:
+        raise ModelError("model.path is empty: set it to a diffusers folder (or 'builtin:tiny-sd15' to try sdlora).")
+    if path.startswith(BUILTIN_PREFIX):
+        return builtin_model_path(path[len(BUILTIN_PREFIX) :])
+    local = Path(path).expanduser()
+    if local.is_dir():
+        if not (local / "model_index.json").is_file():
+            raise ModelError(
+                f"{local} is a folder but not a diffusers model (no model_index.json). Point model.path at "
+                "the folder that contains model_index.json, unet/, vae/ and text_encoder/."
+            )
+        return local
+    if local.is_file():
+        raise ModelError(
+            f"{local} is a single-file checkpoint; loading single files is not supported yet. Convert it to a "
+            "diffusers folder (diffusers' convert_original_stable_diffusion_to_diffusers.py) and point "
+            "model.path at that folder."
+        )
+    if _HUB_ID.match(path) and not path.startswith((".", "/", "~")):
+        return _hub_snapshot(path)
+    raise ModelError(f"Model path not found: {path}. Point model.path at a diffusers folder.")
+
+
+def _hub_snapshot(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=offline))
+    except Exception as exc:  # the hub client raises several types for "not cached" / "no network"
+        raise ModelError(
+            f"Could not get '{repo_id}' from the model hub ({type(exc).__name__}): it is not in the local cache"
+            + (" and HF_HUB_OFFLINE is set" if offline else " and the hub could not be reached")
+            + ". Download the model on a machine with internet access and point model.path at the local "
+            "diffusers folder."
+        ) from None
+
+
+@dataclass
+class BaseModel:
+    """The parts of a Stable Diffusion model that training needs."""
+
+    folder: Path
+    family: str
+    prediction_type: str
+    unet: Any
+    vae: Any
+    text_encoder: Any
+    tokenizer: Any
+    noise_scheduler: Any
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+
+def load_base_model(model_cfg) -> BaseModel:
+    """Load the model named by the config's [model] section, with family and prediction type."""
+    folder = resolve_model_path(model_cfg.path)
+    family = detect_family(folder) if model_cfg.family == "auto" else model_cfg.family
+    if family == "sdxl":
+        raise ModelError(
+            f"{folder} is an SDXL model ({FAMILY_NAMES['sdxl']}); SDXL training is not supported yet. "
+            "Use an SD1.x or SD2.x model."
+        )
+    prediction_type = prediction_type_of(folder) if model_cfg.prediction_type == "auto" else model_cfg.prediction_type
+    return _load_sd_components(folder, family, prediction_type)
+
+
+def _load_sd_components(folder: Path, family: str, prediction_type: str) -> BaseModel:
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    try:
+        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet")
+        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae")
+        text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder")
+        tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
+        noise_scheduler = DDPMScheduler.from_pretrained(folder, subfolder="scheduler")
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"Could not load the model in {folder}: {exc}") from None
+    noise_scheduler.register_to_config(prediction_type=prediction_type)
+    return BaseModel(folder, family, prediction_type, unet, vae, text_encoder, tokenizer, noise_scheduler)

@@ -1,0 +1,1 @@
+"""Training: the trainer story, the loss step, optimizers and run control."""

@@ -1,0 +1,153 @@
+"""The trainer as a short story: build -> loop(step, maybe save, maybe sample) -> finish."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from ..events import EventSink, Finished, Saved, Started, Step, Warning_
+from ..lora.inject import count_parameters
+from ..lora.state import save_adapter
+from .control import Control
+from .setup import RunParts, build_run
+from .step import diffusion_loss, encode_latents, encode_text, sample_noise, sample_timesteps, tokenize
+
+
+class Trainer:
+    def __init__(self, cfg, run_dir: Path, emit: EventSink, control: Control | None = None):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.emit = emit
+        self.control = control or Control(self.run_dir)
+        self.parts: RunParts | None = None
+        self.micro_batch = 0  # position in the batch stream
+
+    def run(self) -> Path:
+        started_at = time.time()
+        self.parts = build_run(self.cfg, warn=lambda message: self.emit(Warning_(message)))
+        self._announce()
+        step, stopped = 0, False
+        total = self.parts.plan.total_steps
+        tick = time.time()
+        while step < total:
+            if self.control.take("stop"):
+                stopped = True
+                break
+            loss = self.optimizer_step()
+            step += 1
+            now = time.time()
+            self._report(step, loss, 1.0 / max(now - tick, 1e-9))
+            tick = now
+            if step < total:  # the last step is saved and sampled below, once
+                self._maybe_save(step, final=False)
+                self._maybe_sample(step, final=False)
+        path = self._maybe_save(step, final=True)
+        self._maybe_sample(step, final=True)
+        self.emit(Finished(step=step, path=str(path), stopped_early=stopped, seconds=time.time() - started_at))
+        return path
+
+    def optimizer_step(self) -> float:
+        """gradient_accumulation micro-batches, then one optimizer step; returns the mean loss."""
+        parts, cfg = self.parts, self.cfg
+        trained = [parts.base.unet] + ([parts.base.text_encoder] if cfg.lora.train_text_encoder else [])
+        losses = []
+        for _ in range(cfg.train.gradient_accumulation):
+            with parts.accelerator.accumulate(*trained):
+                loss = self.micro_step()
+                parts.accelerator.backward(loss)
+                if parts.accelerator.sync_gradients and cfg.optim.max_grad_norm > 0:
+                    params = [p for group in parts.optimizer.param_groups for p in group["params"]]
+                    parts.accelerator.clip_grad_norm_(params, cfg.optim.max_grad_norm)
+                parts.optimizer.step()
+                parts.optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+        parts.lr_scheduler.step()
+        return sum(losses) / len(losses)
+
+    def micro_step(self) -> torch.Tensor:
+        parts, cfg = self.parts, self.cfg
+        base, generator = parts.base, parts.generator
+        batch = parts.stream.batch(self.micro_batch)
+        self.micro_batch += 1
+        pixels = torch.from_numpy(batch.pixels)
+        with parts.accelerator.autocast():
+            with torch.no_grad():
+                latents = encode_latents(base.vae, pixels, generator)
+            input_ids = tokenize(base.tokenizer, batch.captions)
+            with torch.set_grad_enabled(cfg.lora.train_text_encoder):
+                hidden = encode_text(base.text_encoder, input_ids)
+            noise = sample_noise(latents, generator, cfg.train.noise_offset)
+            timesteps = sample_timesteps(
+                latents.shape[0], generator, base.noise_scheduler.config.num_train_timesteps, latents.device
+            )
+            loss, _ = diffusion_loss(
+                base.unet, base.noise_scheduler, latents, hidden, noise, timesteps, cfg.train.min_snr_gamma
+            )
+        return loss
+
+    def _announce(self) -> None:
+        parts = self.parts
+        counts = count_parameters(parts.base.unet, parts.base.text_encoder)
+        self.emit(
+            Started(
+                total_steps=parts.plan.total_steps,
+                epochs=parts.plan.epochs,
+                steps_per_epoch=round(parts.plan.steps_per_epoch, 3),
+                num_images=parts.plan.num_images,
+                trainable_params=counts.trainable,
+                total_params=counts.total,
+                family=parts.base.family,
+                device=str(parts.accelerator.device),
+                output_dir=str(self.run_dir),
+            )
+        )
+
+    def _report(self, step: int, loss: float, it_per_s: float) -> None:
+        epoch = (self.micro_batch - 1) // self.parts.stream.batches_per_epoch
+        lr = self.parts.lr_scheduler.get_last_lr()[0]
+        self.emit(
+            Step(step=step, total=self.parts.plan.total_steps, epoch=epoch, loss=loss, lr=lr, it_per_s=it_per_s)
+        )
+
+    def adapter_path(self, step: int | None) -> Path:
+        name = self.cfg.save.output_name
+        suffix = "" if step is None else f"-step{step:06d}"
+        return self.run_dir / f"{name}{suffix}.safetensors"
+
+    def _maybe_save(self, step: int, final: bool) -> Path | None:
+        every = self.cfg.save.every_n_steps
+        due = final or (every and step % every == 0) or self.control.take("save")
+        if not due:
+            return None
+        path = self.adapter_path(None if final else step)
+        unwrapped = _Unwrapped(self.parts)
+        save_adapter(unwrapped, path, self.cfg.save.dtype)
+        self.emit(Saved(step=step, path=str(path)))
+        return path
+
+    def _maybe_sample(self, step: int, final: bool) -> None:
+        sample_cfg = self.cfg.sample
+        if not sample_cfg.prompts:
+            return
+        every = sample_cfg.every_n_steps
+        if not (final or (every and step % every == 0) or self.control.take("sample")):
+            return
+        from ..events import Sampled
+        from ..sample import render_previews
+
+        paths = render_previews(_Unwrapped(self.parts), self.cfg, step, self.run_dir / "samples", self.parts.accelerator)
+        self.emit(Sampled(step=step, paths=[str(p) for p in paths]))
+
+
+class _Unwrapped:
+    """The base model with accelerate's wrappers removed, for saving and inference."""
+
+    def __init__(self, parts: RunParts):
+        base, accelerator = parts.base, parts.accelerator
+        self.unet = accelerator.unwrap_model(base.unet)
+        self.text_encoder = accelerator.unwrap_model(base.text_encoder)
+        self.vae = base.vae
+        self.tokenizer = base.tokenizer
+        self.folder = base.folder
+        self.family = base.family
