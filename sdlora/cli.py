@@ -36,6 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--preset")
     show.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
 
+    ui = commands.add_parser("ui", help="Open the web UI (the built-in demo project unless --project).")
+    ui.add_argument("--project", type=Path, help="Project folder (created when new); default: the demo project.")
+    ui.add_argument("--host", default="127.0.0.1", help="Address to bind (default 127.0.0.1: this machine only).")
+    ui.add_argument("--port", type=int, default=7860)
+    ui.add_argument("--auth", metavar="USER:PASSWORD", help="Require this login (use it when binding beyond localhost).")
+
     commands.add_parser("options", help="List every config option with its default, allowed values and help.")
     return parser
 
@@ -80,7 +86,14 @@ def cmd_options(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "make-tiny-model": cmd_make_tiny_model, "config": cmd_config, "options": cmd_options}
+def cmd_ui(args) -> int:
+    import importlib
+
+    # The CLI dispatches to the UI package; the core library never depends on it.
+    return importlib.import_module("ui.launch").main(args)
+
+
+COMMANDS = {"ui": cmd_ui, "train": cmd_train, "make-tiny-model": cmd_make_tiny_model, "config": cmd_config, "options": cmd_options}
 
 
 def quiet_libraries() -> None:

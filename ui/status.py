@@ -1,0 +1,77 @@
+"""Text and HTML the page shows: model family, dataset plan, run progress, log."""
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+from sdlora.errors import SdloraError
+
+
+def describe_model(path: str) -> str:
+    """The family of a model path, read from config files only (no weights, no torch)."""
+    from sdlora.models.family import FAMILY_NAMES, detect_family
+    from sdlora.models.loading import BUILTIN_MODELS, BUILTIN_PREFIX
+
+    if not path:
+        return "**Model:** not set — a diffusers folder or `builtin:tiny-sd15`."
+    if path.startswith(BUILTIN_PREFIX):
+        family = BUILTIN_MODELS.get(path[len(BUILTIN_PREFIX):])
+        if family is None:
+            return f"**Model:** unknown built-in `{path}`."
+        return f"**Model:** built-in tiny model — family `{family}` ({FAMILY_NAMES[family]})."
+    folder = Path(path).expanduser()
+    if not (folder / "model_index.json").is_file():
+        return f"**Model:** `{path}` is not a local diffusers folder (hub ids load from the local cache only)."
+    try:
+        family = detect_family(folder)
+    except SdloraError as exc:
+        return f"**Model:** {exc}"
+    return f"**Model:** family `{family}` ({FAMILY_NAMES[family]})."
+
+
+def plan_markdown(project) -> str:
+    """Images, captions and the step math of the project's config, before any model work."""
+    from sdlora.data.folder import scan_folder
+    from sdlora.train.setup import plan_steps
+
+    cfg = project.load_config()
+    images = project.image_files()
+    missing = [p.name for p in images if not p.with_suffix(cfg.data.caption_extension).is_file()]
+    lines = [f"**Dataset:** {len(images)} image(s), {len(images) - len(missing)} with captions."]
+    if missing:
+        lines.append(f"Missing captions: {', '.join(missing[:8])}{' …' if len(missing) > 8 else ''} "
+                     f"(data.missing_caption = `{cfg.data.missing_caption}`).")
+    try:
+        examples = scan_folder(cfg.data)
+    except SdloraError as exc:
+        return "\n\n".join(lines + [f"⚠️ {exc}"])
+    plan = plan_steps(len(examples), cfg.train)
+    lines.append(
+        f"**Plan:** {plan.num_images} images, batch {cfg.train.batch_size} × accumulation "
+        f"{cfg.train.gradient_accumulation} → {plan.steps_per_epoch:g} steps/epoch, "
+        f"**{plan.total_steps} steps** over {plan.epochs} epoch(s)."
+    )
+    return "\n\n".join(lines)
+
+
+def progress_html(view) -> str:
+    if view is None:
+        return "<p>No run yet. Press Start.</p>"
+    percent = 100 * view.step / view.total if view.total else 0
+    eta = int(view.eta_seconds)
+    text = (f"step {view.step} / {view.total} · {view.it_per_s:.2f} it/s · ETA {eta // 60}:{eta % 60:02d} · "
+            f"{html.escape(view.state)}")
+    return (f'<div id="sdlora-progress" data-step="{view.step}" data-total="{view.total}">'
+            f'<progress max="100" value="{percent:.1f}" style="width:100%"></progress><div>{text}</div></div>')
+
+
+def run_log(view) -> str:
+    lines = [f"run folder: {view.run_dir}"]
+    lines += [f"saved: {p}" for p in view.saved]
+    lines += view.messages
+    if view.losses:
+        step, loss = view.losses[-1]
+        lines.append(f"step {step}: loss {loss:.4f}")
+    if view.error:
+        lines.append("ERROR: " + view.error)
+    return "\n".join(lines)
