@@ -79,8 +79,9 @@ class LoraSection:
     unet_targets: str = option(
         "attn",
         "UNet layers to adapt: 'attn' = attention to_q/to_k/to_v/to_out; 'attn-ff' adds the "
-        "feed-forward and proj_in/proj_out layers.",
-        choices=("attn", "attn-ff"),
+        "feed-forward and proj_in/proj_out layers; 'attn-ff-conv' also the resnets' 3x3 convs "
+        "(LoCon; loads in A1111, ComfyUI and diffusers).",
+        choices=("attn", "attn-ff", "attn-ff-conv"),
     )
     train_text_encoder: bool = option(
         False, "Also adapt the text encoder's attention (q/k/v/out_proj), with optim.text_encoder_lr."
