@@ -162,6 +162,16 @@ class SaveSection:
     output_name: str = option("lora", "Base name of the saved adapter files.")
     every_n_steps: int = option(0, "Also save the adapter every N steps; 0 = only at the end.", min=0, max=10_000_000)
     dtype: str = option("fp32", "Precision of the saved adapter weights.", choices=("fp32", "fp16", "bf16"))
+    format: str = option(
+        "kohya",
+        "Key layout of the saved file: 'kohya' (A1111 / Forge / ComfyUI / diffusers all load it) or "
+        "'diffusers' (diffusers/PEFT keys; A1111 does not load it). Every save is checked; a file that "
+        "does not load completely stops the run with the check's report.",
+        choices=("kohya", "diffusers"),
+    )
+    trigger_words: list = option(
+        [], "Words that activate the LoRA, written to the file's metadata (modelspec.trigger_phrase).", item_type=str
+    )
 
 
 @dataclass
