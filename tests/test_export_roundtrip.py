@@ -36,7 +36,8 @@ def trained(request):
     return get
 
 
-@pytest.mark.parametrize("layout", ["kohya", "diffusers"])
+# The diffusers-layout half runs with -m slow (the whole grid takes ~2.5 min on 2 cores).
+@pytest.mark.parametrize("layout", ["kohya", pytest.param("diffusers", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("family,targets", CASES)
 def test_diffusers_loads_export_exactly(trained, tmp_path, family, targets, layout):
     adapter, shape, with_lora, base = trained(family, targets)

@@ -60,7 +60,7 @@ class ModelShape:
 
 
 def _shape(family: str, configs: dict) -> ModelShape:
-    return ModelShape(family, tuple((k, json.dumps(dict(v), sort_keys=True, default=list)) for k, v in configs.items()))
+    return ModelShape(family, tuple((k, json.dumps(dict(v), sort_keys=True, default=str)) for k, v in configs.items()))
 
 
 def standard_shape(family: str) -> ModelShape:
