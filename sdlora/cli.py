@@ -43,7 +43,57 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--auth", metavar="USER:PASSWORD", help="Require this login (use it when binding beyond localhost).")
 
     commands.add_parser("options", help="List every config option with its default, allowed values and help.")
+
+    export = commands.add_parser("export", help="Convert a LoRA file (any kohya/diffusers/PEFT layout) and check it.")
+    export.add_argument("adapter", type=Path, help="LoRA .safetensors file to read.")
+    export.add_argument("--format", default="kohya", choices=("kohya", "diffusers"),
+                        help="Key layout to write: kohya (A1111/Forge/ComfyUI/diffusers) or diffusers.")
+    export.add_argument("--dtype", default="fp16", choices=("fp32", "fp16", "bf16"), help="Tensor precision.")
+    export.add_argument("-o", "--output", type=Path, required=True, help="File to write (.safetensors).")
+    _add_model_arguments(export)
+
+    check = commands.add_parser("check", help="Check that a LoRA file loads completely in diffusers and A1111.")
+    check.add_argument("file", type=Path)
+    _add_model_arguments(check)
     return parser
+
+
+def _add_model_arguments(command) -> None:
+    command.add_argument("--base", help="Base model (diffusers folder or builtin:NAME) whose layer names to check "
+                         "against; default: the real architecture of the file's family.")
+    command.add_argument("--family", choices=("sd15", "sd2", "sd2-v", "sdxl"),
+                         help="Model family when the file does not say (no metadata).")
+
+
+def _shape_from_args(args):
+    from .export.shapes import shape_of_folder
+    from .models.loading import resolve_model_path
+
+    if not args.base:
+        return None
+    return shape_of_folder(resolve_model_path(args.base), args.family)
+
+
+def cmd_export(args) -> int:
+    from .export.check import check_lora_file
+    from .export.io import read_lora_file, write_lora_file
+
+    shape = _shape_from_args(args)
+    if args.output.resolve() == args.adapter.resolve():
+        raise SdloraError("-o must name a new file, not the input file.")
+    adapter = read_lora_file(args.adapter, args.family, shape)
+    write_lora_file(adapter, args.output, args.format, args.dtype, shape)
+    report = check_lora_file(args.output, shape, args.family)
+    print(report.text())
+    return 0 if report.ok else 1
+
+
+def cmd_check(args) -> int:
+    from .export.check import check_lora_file
+
+    report = check_lora_file(args.file, _shape_from_args(args), args.family)
+    print(report.text())
+    return 0 if report.ok else 1
 
 
 def cmd_train(args) -> int:
@@ -93,7 +143,15 @@ def cmd_ui(args) -> int:
     return importlib.import_module("ui.launch").main(args)
 
 
-COMMANDS = {"ui": cmd_ui, "train": cmd_train, "make-tiny-model": cmd_make_tiny_model, "config": cmd_config, "options": cmd_options}
+COMMANDS = {
+    "train": cmd_train,
+    "ui": cmd_ui,
+    "make-tiny-model": cmd_make_tiny_model,
+    "config": cmd_config,
+    "options": cmd_options,
+    "export": cmd_export,
+    "check": cmd_check,
+}
 
 
 def quiet_libraries() -> None:

@@ -19,3 +19,7 @@ class ModelError(SdloraError):
 
 class TrainingError(SdloraError):
     """Training cannot go on (device, optimizer, numerics)."""
+
+
+class LoraFileError(SdloraError):
+    """A LoRA file cannot be read, is not a LoRA, or fails a compatibility check."""

@@ -79,8 +79,9 @@ class LoraSection:
     unet_targets: str = option(
         "attn",
         "UNet layers to adapt: 'attn' = attention to_q/to_k/to_v/to_out; 'attn-ff' adds the "
-        "feed-forward and proj_in/proj_out layers.",
-        choices=("attn", "attn-ff"),
+        "feed-forward and proj_in/proj_out layers; 'attn-ff-conv' also the resnets' 3x3 convs "
+        "(LoCon; loads in A1111, ComfyUI and diffusers).",
+        choices=("attn", "attn-ff", "attn-ff-conv"),
     )
     train_text_encoder: bool = option(
         False, "Also adapt the text encoder's attention (q/k/v/out_proj), with optim.text_encoder_lr."
@@ -161,6 +162,16 @@ class SaveSection:
     output_name: str = option("lora", "Base name of the saved adapter files.")
     every_n_steps: int = option(0, "Also save the adapter every N steps; 0 = only at the end.", min=0, max=10_000_000)
     dtype: str = option("fp32", "Precision of the saved adapter weights.", choices=("fp32", "fp16", "bf16"))
+    format: str = option(
+        "kohya",
+        "Key layout of the saved file: 'kohya' (A1111 / Forge / ComfyUI / diffusers all load it) or "
+        "'diffusers' (diffusers/PEFT keys; A1111 does not load it). Every save is checked; a file that "
+        "does not load completely stops the run with the check's report.",
+        choices=("kohya", "diffusers"),
+    )
+    trigger_words: list = option(
+        [], "Words that activate the LoRA, written to the file's metadata (modelspec.trigger_phrase).", item_type=str
+    )
 
 
 @dataclass

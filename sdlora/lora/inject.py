@@ -6,6 +6,10 @@ from dataclasses import dataclass
 UNET_TARGETS = {
     "attn": ("to_q", "to_k", "to_v", "to_out.0"),
     "attn-ff": ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out"),
+    # LoCon: also the resnets' 3x3 convs (kohya exports them as conv_dim / conv_alpha)
+    "attn-ff-conv": (
+        "to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out", "conv1", "conv2",
+    ),
 }
 TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 ADAPTER_NAME = "default"

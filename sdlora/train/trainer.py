@@ -8,7 +8,6 @@ import torch
 
 from ..events import EventSink, Finished, Saved, Started, Step, Warning_
 from ..lora.inject import count_parameters
-from ..lora.state import save_adapter
 from .control import Control
 from .setup import RunParts, build_run
 from .step import diffusion_loss, encode_latents, encode_text, sample_noise, sample_timesteps, tokenize
@@ -22,9 +21,10 @@ class Trainer:
         self.control = control or Control(self.run_dir)
         self.parts: RunParts | None = None
         self.micro_batch = 0  # position in the batch stream
+        self.started_at = time.time()
 
     def run(self) -> Path:
-        started_at = time.time()
+        started_at = self.started_at = time.time()
         self.parts = build_run(self.cfg, warn=lambda message: self.emit(Warning_(message)))
         self._announce()
         step, stopped = 0, False
@@ -121,8 +121,11 @@ class Trainer:
         if not due:
             return None
         path = self.adapter_path(None if final else step)
-        unwrapped = _Unwrapped(self.parts)
-        save_adapter(unwrapped, path, self.cfg.save.dtype)
+        from ..export.training import save_checked_lora, training_info
+
+        epoch = (self.micro_batch - 1) // self.parts.stream.batches_per_epoch
+        info = training_info(self.cfg, step, epoch + 1, self.started_at, self.parts.stream.examples)
+        save_checked_lora(_Unwrapped(self.parts), path, self.cfg, info)  # raises if the file would not load
         self.emit(Saved(step=step, path=str(path)))
         return path
 
