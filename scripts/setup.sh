@@ -4,8 +4,18 @@
 # machine that pin avoids gigabytes of CUDA wheels; on a GPU machine a torch you installed
 # into .venv beforehand (or SDLORA_PYTHON's environment) is kept.
 # SDLORA_PYTHON=/path/to/python installs into that interpreter's environment instead of .venv.
+# --browser also installs Debian's chromium (for the browser test), through apt when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+if [ "${1:-}" = "--browser" ] && ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "The browser test needs chromium: install it (e.g. sudo apt-get install chromium) and run again." >&2
+    exit 1
+  fi
+fi
 
 if [ -n "${SDLORA_PYTHON:-}" ]; then
   py="$SDLORA_PYTHON"

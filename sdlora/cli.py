@@ -65,33 +65,19 @@ def _add_model_arguments(command) -> None:
                          help="Model family when the file does not say (no metadata).")
 
 
-def _shape_from_args(args):
-    from .export.shapes import shape_of_folder
-    from .models.loading import resolve_model_path
-
-    if not args.base:
-        return None
-    return shape_of_folder(resolve_model_path(args.base), args.family)
-
-
 def cmd_export(args) -> int:
-    from .export.check import check_lora_file
-    from .export.io import read_lora_file, write_lora_file
+    from .export.convert import export_lora_file
 
-    shape = _shape_from_args(args)
-    if args.output.resolve() == args.adapter.resolve():
-        raise SdloraError("-o must name a new file, not the input file.")
-    adapter = read_lora_file(args.adapter, args.family, shape)
-    write_lora_file(adapter, args.output, args.format, args.dtype, shape)
-    report = check_lora_file(args.output, shape, args.family)
+    report = export_lora_file(args.adapter, args.output, args.format, args.dtype, args.base, args.family)
     print(report.text())
     return 0 if report.ok else 1
 
 
 def cmd_check(args) -> int:
     from .export.check import check_lora_file
+    from .export.convert import shape_for_base
 
-    report = check_lora_file(args.file, _shape_from_args(args), args.family)
+    report = check_lora_file(args.file, shape_for_base(args.base, args.family), args.family)
     print(report.text())
     return 0 if report.ok else 1
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from export_fixtures import pipeline_with_lora, text_encoders
+from tests.export_fixtures import pipeline_with_lora, text_encoders
 from safetensors.torch import load_file, save_file
 
 from sdlora.cli import main

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from export_fixtures import max_output_diff, outputs, pipeline_with_lora, text_encoders
+from tests.export_fixtures import max_output_diff, outputs, pipeline_with_lora, text_encoders
 
 from sdlora.export.adapter import adapter_from_models, load_into_models, max_difference
 from sdlora.export.check import check_lora_file

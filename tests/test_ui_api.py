@@ -59,32 +59,49 @@ def test_create_upload_caption_train_preview_export(running_app, tmp_path):
     adapters = client.predict(api_name="/list_adapters")
     final = str(run_dir / "demo.safetensors")
     assert final in [choice[0] for choice in adapters["choices"]]
-    downloaded = client.predict(final, api_name="/export_adapter")
-    assert Path(downloaded).read_bytes() == Path(final).read_bytes()
+    downloaded, report = client.predict(final, "kohya", "fp16", api_name="/export_adapter")
+    exported = run_dir / "export" / "demo-kohya-fp16.safetensors"
+    assert Path(downloaded).read_bytes() == exported.read_bytes()
+    assert "FAIL" not in report and "diffusers" in report
+
+    from safetensors import safe_open
+
+    with safe_open(exported, "pt") as handle:
+        keys = list(handle.keys())
+        assert all(handle.get_tensor(k).dtype.is_floating_point for k in keys)
+        assert {str(handle.get_tensor(k).dtype) for k in keys if not k.endswith(".alpha")} == {"torch.float16"}
+    assert all(k.startswith(("lora_unet_", "lora_te_")) for k in keys)
 
 
-def test_a_crashing_child_shows_its_error_and_the_app_keeps_running(running_app):
+def test_a_failing_child_shows_its_error_and_the_app_keeps_running(running_app):
     from gradio_client import Client
-
-    from ui.project import open_project
 
     app, workspace = running_app
     client = Client(app.local_url, verbose=False)
-    project = open_project(workspace / "start")
-    cfg = project.load_config()
-    cfg.model.path = str(workspace / "no-such-model")
-    project.save_config(cfg)
-    client.predict(str(project.root), api_name="/open_project")
-    api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/start_training"]
-    names = [p["label"] for p in api["parameters"]]
-    values = [p["parameter_default"] for p in api["parameters"]]
-    values[names.index("model.path")] = cfg.model.path
-    client.predict(*values, api_name="/start_training")
+    client.predict(api_name="/start_training")  # the start project has no images yet
 
     def ended():
         result = client.predict(api_name="/poll")
         return result if result[4] in ("failed", "crashed") else None
 
     _, _, log, _, state = wait_for(ended, timeout=120)
-    assert state == "failed" and "Model path not found" in log
+    assert state == "failed" and "No images in" in log and "Put your training images there" in log
     assert client.predict(api_name="/list_adapters") is not None  # the page still answers
+
+
+def test_a_killed_child_is_reported_as_crashed(running_app):
+    import os
+    import signal
+
+    from gradio_client import Client
+
+    from sdlora.demo.shapes import DEMO_DATASETS, write_dataset
+
+    app, workspace = running_app
+    write_dataset(workspace / "start" / "images", DEMO_DATASETS["demo-shapes"][:2])
+    client = Client(app.local_url, verbose=False)
+    run_dir = Path(client.predict(api_name="/start_training"))
+    wait_for(lambda: client.predict(api_name="/poll")[4] == "running", timeout=180)
+    os.kill(int((run_dir / "pid").read_text()), signal.SIGKILL)
+    _, _, log, _, state = wait_for(lambda: (r := client.predict(api_name="/poll"))[4] == "crashed" and r, timeout=60)
+    assert "ended without a final event" in log

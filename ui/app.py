@@ -148,14 +148,18 @@ def _control(what: str):
 @_user_errors
 def poll(root: str):
     """What the Train tab shows about the latest run; reading it from disk re-attaches after a reload."""
-    import pandas as pd
-
     latest = runs.latest_run(_project(root))
     if latest is None:
-        return progress_html(None), pd.DataFrame({"step": [], "loss": []}), "", [], "idle"
+        return progress_html(None), loss_frame([]), "", [], "idle"
     view = runs.read_run(latest)
-    losses = pd.DataFrame(view.losses, columns=["step", "loss"])
-    return progress_html(view), losses, run_log(view), view.samples, view.state
+    return progress_html(view), loss_frame(view.losses), run_log(view), view.samples, view.state
+
+
+def loss_frame(losses: list):
+    """Numeric columns even when empty: the plot keeps the axis type of its first data."""
+    import pandas as pd
+
+    return pd.DataFrame(losses, columns=["step", "loss"]).astype({"step": "int64", "loss": "float64"})
 
 
 # ---- Export tab ---------------------------------------------------------------------------------
@@ -170,11 +174,25 @@ def refresh_adapters(root: str):
 
 
 @_user_errors
-def export_adapter(root: str, adapter: str):
-    path = Path(adapter or "").resolve()
-    if not adapter or _project(root).runs.resolve() not in path.parents or not path.is_file():
+def export_adapter(root: str, adapter: str, layout: str = "kohya", dtype: str = "fp16"):
+    """Write the chosen adapter in `layout`/`dtype` beside it, check it against the project's model."""
+    from sdlora.export.convert import export_lora_file
+
+    project = _project(root)
+    source = Path(adapter or "").resolve()
+    if not adapter or project.runs.resolve() not in source.parents or not source.is_file():
         raise gr.Error("Pick a saved adapter of this project first.")
-    return str(path)
+    target = _unused(source.parent / "export" / f"{source.stem}-{layout}-{dtype}.safetensors")
+    target.parent.mkdir(exist_ok=True)
+    report = export_lora_file(source, target, layout, dtype, base=project.load_config().model.path)
+    return str(target), "```\n" + report.text() + "\n```"
+
+
+def _unused(path: Path) -> Path:
+    candidate, n = path, 1
+    while candidate.exists():
+        candidate, n = path.with_name(f"{path.stem}-{n}{path.suffix}"), n + 1
+    return candidate
 
 
 # ---- Layout -------------------------------------------------------------------------------------
@@ -203,18 +221,20 @@ def build_app(project_root: Path, workspace: Path | None = None) -> gr.Blocks:
 
 def _dataset_tab(root_state) -> list:
     with gr.Row():
-        upload = gr.File(file_count="multiple", file_types=["image"], label="Add images (drop many at once)")
+        upload = gr.File(file_count="multiple", file_types=["image"], label="Add images (drop many at once)",
+                         elem_id="dataset-upload")
         with gr.Column():
             folder_box = gr.Textbox(label="…or import from a folder on this machine")
             import_button = gr.Button("Import folder")
-    gallery = gr.Gallery(label="Images (click one to edit its caption)", columns=6, height=320, allow_preview=False)
+    gallery = gr.Gallery(label="Images (click one to edit its caption)", columns=6, height=320, allow_preview=False,
+                         elem_id="dataset-gallery")
     with gr.Row():
         name_box = gr.Textbox(label="Image", interactive=False)
-        caption_box = gr.Textbox(label="Caption", scale=3)
+        caption_box = gr.Textbox(label="Caption", scale=3, elem_id="caption-box")
         save_caption = gr.Button("Save caption")
     with gr.Accordion("Bulk caption tools", open=False):
         with gr.Row():
-            trigger = gr.Textbox(label="Add trigger word (as first tag)")
+            trigger = gr.Textbox(label="Add trigger word (as first tag)", elem_id="trigger-box")
             find = gr.Textbox(label="Find")
             replace = gr.Textbox(label="Replace with")
             strip = gr.Textbox(label="Remove tags (comma separated)")
@@ -245,11 +265,11 @@ def _train_tab(root_state, root: str) -> list:
         save_now = gr.Button("Save now")
         sample_now = gr.Button("Sample now")
         save_config = gr.Button("Save config")
-    state = gr.Textbox(label="Run state", interactive=False)
+    state = gr.Textbox(label="Run state", interactive=False, elem_id="run-state")
     progress = gr.HTML()
     with gr.Row():
         loss_plot = gr.LinePlot(x="step", y="loss", title="Loss", height=260)
-        previews = gr.Gallery(label="Previews (newest first)", columns=4, height=260)
+        previews = gr.Gallery(label="Previews (newest first)", columns=4, height=260, elem_id="previews")
     log = gr.Textbox(label="Log", lines=8, max_lines=8, interactive=False, autoscroll=True)
     notice = gr.Markdown()
     plan = gr.Markdown()
@@ -290,7 +310,13 @@ def _export_tab(root_state) -> None:
     with gr.Row():
         adapters = gr.Dropdown(label="Saved adapter", choices=[], scale=4)
         refresh = gr.Button("Refresh", scale=1)
-    export = gr.Button("Prepare download", variant="primary")
-    download = gr.File(label="Adapter file")
+    with gr.Row():
+        layout = gr.Dropdown(["kohya", "diffusers"], value="kohya", label="Format",
+                             info="kohya loads in A1111, Forge, ComfyUI and diffusers; diffusers only in diffusers.")
+        dtype = gr.Dropdown(["fp16", "bf16", "fp32"], value="fp16", label="Precision",
+                            info="fp16 halves the file size and is what A1111/ComfyUI users expect.")
+    export = gr.Button("Export and check", variant="primary")
+    download = gr.File(label="Adapter file", elem_id="adapter-file")
+    report = gr.Markdown(elem_id="check-report")
     refresh.click(refresh_adapters, [root_state], [adapters], api_name="list_adapters")
-    export.click(export_adapter, [root_state, adapters], [download], api_name="export_adapter")
+    export.click(export_adapter, [root_state, adapters, layout, dtype], [download, report], api_name="export_adapter")

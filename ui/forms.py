@@ -18,17 +18,18 @@ def form_options() -> list[OptionInfo]:
 def widget_for(info: OptionInfo, value):
     import gradio as gr
 
-    label = info.key
+    common = dict(label=info.key, info=info.help, min_width=220)
     if info.type is bool:
-        return gr.Checkbox(value=value, label=label, info=info.help)
+        return gr.Checkbox(value=value, **common)
     if info.choices:
-        return gr.Dropdown(choices=list(info.choices), value=value, label=label, info=info.help)
+        return gr.Dropdown(choices=list(info.choices), value=value, **common)
     if info.type is list:
-        return gr.Textbox(value="\n".join(map(str, value)), lines=3, label=label, info=info.help + " One per line.")
+        common["info"] += " One per line."
+        return gr.Textbox(value="\n".join(map(str, value)), lines=3, **common)
     if info.type in (int, float):
-        return gr.Number(value=value, label=label, info=info.help, minimum=info.min, maximum=info.max,
-                         precision=0 if info.type is int else None)
-    return gr.Textbox(value=value, label=label, info=info.help)
+        return gr.Number(value=value, minimum=info.min, maximum=info.max, precision=0 if info.type is int else None,
+                         **common)
+    return gr.Textbox(value=value, **common)
 
 
 def widget_value(info: OptionInfo, cfg: TrainConfig):

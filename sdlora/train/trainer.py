@@ -24,7 +24,7 @@ class Trainer:
         self.started_at = time.time()
 
     def run(self) -> Path:
-        started_at = self.started_at = time.time()
+        started_at = self.started_at = time.time()  # the save metadata reads it too
         self.parts = build_run(self.cfg, warn=lambda message: self.emit(Warning_(message)))
         self._announce()
         step, stopped = 0, False

@@ -1,0 +1,90 @@
+"""The whole flow by clicks in a real browser (Debian's chromium driven by Playwright).
+
+Screenshots of each tab go to test-output/browser/ in the repository.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+from tests.ui_helpers import make_start_project
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SHOTS = REPO / "test-output" / "browser"
+
+
+@pytest.fixture
+def browser_page(tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).exists(), "chromium is missing: run `bash scripts/setup.sh --browser` (installs it via apt)"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        yield context.new_page()
+        browser.close()
+
+
+def test_train_a_lora_by_clicks(browser_page, tmp_path, tiny_sd15):
+    from sdlora.demo.shapes import DEMO_DATASETS, write_dataset
+    from ui.launch import launch
+
+    page = browser_page
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    workspace = tmp_path / "ws"
+    make_start_project(workspace)
+    app = launch(workspace / "start", port=None, block=False)
+    try:
+        page.goto(app.local_url)
+        # Create a new project.
+        page.get_by_label("Project folder").fill(str(workspace / "clicks"))
+        page.get_by_role("button", name="Open / create project").click()
+        page.wait_for_timeout(1500)
+        assert (workspace / "clicks" / "project.toml").is_file()
+
+        # Upload four images, caption them all with a trigger word, then edit one caption.
+        images = sorted(write_dataset(tmp_path / "src", DEMO_DATASETS["demo-shapes"][:4]).glob("*.png"))
+        page.locator("#dataset-upload input[type=file]").set_input_files([str(p) for p in images])
+        page.locator("#dataset-gallery img").nth(3).wait_for(timeout=30_000)
+        page.get_by_role("button", name="Bulk caption tools").click()
+        page.locator("#trigger-box textarea").fill("sks")
+        page.get_by_role("button", name="Apply to all captions").click()
+        page.wait_for_timeout(1500)
+        page.locator("#dataset-gallery img").first.click()
+        caption = page.locator("#caption-box textarea")
+        caption.fill("sks, a red circle")
+        page.get_by_role("button", name="Save caption").click()
+        page.wait_for_timeout(1500)
+        project_images = workspace / "clicks" / "images"
+        captions = sorted(p.read_text().strip() for p in project_images.glob("*.txt"))
+        assert len(list(project_images.glob("*.png"))) == 4 and len(captions) == 4
+        assert "sks, a red circle" in captions and captions.count("sks") == 3
+        page.screenshot(path=str(SHOTS / "1-dataset.png"), full_page=True)
+
+        # Train: start, watch progress reach the end, see a preview image.
+        page.get_by_role("tab", name="Train").click()
+        page.get_by_role("button", name="Start").click()
+        page.wait_for_function(
+            "() => { const p = document.querySelector('#sdlora-progress');"
+            " return p && p.dataset.total > 0 && p.dataset.step === p.dataset.total; }",
+            timeout=240_000,
+        )
+        page.locator("#previews img").first.wait_for(timeout=30_000)
+        assert page.locator("#sdlora-progress progress").get_attribute("value") == "100.0"
+        page.screenshot(path=str(SHOTS / "2-train.png"), full_page=True)
+
+        # Export: pick the adapter and get the file.
+        page.get_by_role("tab", name="Export").click()
+        page.get_by_role("button", name="Refresh").click()
+        page.wait_for_timeout(1500)
+        page.get_by_role("button", name="Export and check").click()
+        page.locator("#adapter-file a").first.wait_for(timeout=30_000)
+        assert ".safetensors" in page.locator("#adapter-file").inner_text()
+        page.screenshot(path=str(SHOTS / "3-export.png"), full_page=True)
+    finally:
+        app.close()
