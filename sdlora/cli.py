@@ -36,6 +36,18 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--preset")
     show.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
 
+    sample = commands.add_parser("sample", help="Render a saved adapter at several strengths as one grid.")
+    sample.add_argument("adapter", type=Path)
+    sample.add_argument("--prompt", action="append", required=True,
+                        help="Prompt (repeatable); may end with --n/--s/--l/--d/--w/--h/--sampler options, quoted.")
+    sample.add_argument("--base", help="Base model (default: the one named in the adapter's metadata).")
+    sample.add_argument("--strengths", default="0,0.5,1", help="Comma-separated LoRA strengths (default 0,0.5,1).")
+    sample.add_argument("--steps", type=int, default=20)
+    sample.add_argument("--guidance", type=float, default=7.5)
+    sample.add_argument("--seed", type=int, default=1234)
+    sample.add_argument("--size", type=int, default=512)
+    sample.add_argument("-o", "--output", type=Path, required=True, help="Grid PNG to write (must not exist).")
+
     ui = commands.add_parser("ui", help="Open the web UI (the built-in demo project unless --project).")
     ui.add_argument("--project", type=Path, help="Project folder (created when new); default: the demo project.")
     ui.add_argument("--host", default="127.0.0.1", help="Address to bind (default 127.0.0.1: this machine only).")
@@ -122,6 +134,30 @@ def cmd_options(args) -> int:
     return 0
 
 
+def cmd_sample(args) -> int:
+    from .config.schema import SampleSection
+    from .sample import adapter_base_model, parse_prompts, render_strength_sweep, save_png
+
+    if args.output.exists():
+        raise SdloraError(f"{args.output} already exists; choose another output name (sdlora never overwrites).")
+    if not args.adapter.is_file():
+        raise SdloraError(f"Adapter file not found: {args.adapter}")
+    try:
+        strengths = [float(s) for s in args.strengths.split(",") if s.strip()]
+    except ValueError:
+        raise SdloraError(f"--strengths {args.strengths!r} must be comma-separated numbers, e.g. 0,0.5,1.") from None
+    base = args.base or adapter_base_model(args.adapter)
+    if not base:
+        raise SdloraError("The adapter's metadata names no base model; pass --base MODEL.")
+    section = SampleSection(prompts=args.prompt, steps=args.steps, guidance_scale=args.guidance, seed=args.seed)
+    previews = parse_prompts(section, args.size)
+    grid = render_strength_sweep(base, args.adapter, previews, strengths)
+    save_png(grid, args.output, {"adapter": str(args.adapter), "base": base, "strengths": strengths,
+                                 "prompts": [p.settings() for p in previews]})
+    print(f"grid ({len(previews)} prompt(s) x strengths {strengths}) written to {args.output}")
+    return 0
+
+
 def cmd_ui(args) -> int:
     import importlib
 
@@ -132,6 +168,7 @@ def cmd_ui(args) -> int:
 COMMANDS = {
     "train": cmd_train,
     "ui": cmd_ui,
+    "sample": cmd_sample,
     "make-tiny-model": cmd_make_tiny_model,
     "config": cmd_config,
     "options": cmd_options,

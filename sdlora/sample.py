@@ -1,88 +1,168 @@
-"""Preview images: the same diffusers pipeline and scheduler a user runs for inference, LoRA at strength 1."""
+"""Preview images: the same diffusers pipeline and scheduler a user runs for inference.
+
+During training the LoRA is live in the UNet (strength 1); `render_strength_sweep` renders a saved
+adapter at several strengths. Sampling uses its own seeded generators and eval mode, so it never
+touches the training RNG stream or dropout state.
+"""
 from __future__ import annotations
 
 import json
+import shlex
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from .errors import ConfigError
 from .fsutil import atomic_path
+
+SAMPLERS = {
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
+    "ddim": ("DDIMScheduler", {}),
+    "dpm++2m": ("DPMSolverMultistepScheduler", {}),
+    "dpm++2m_karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
+    "pndm": ("PNDMScheduler", {}),
+    "lms": ("LMSDiscreteScheduler", {}),
+}
+_FLAGS = {"--n": "negative_prompt", "--s": "steps", "--l": "guidance_scale", "--d": "seed", "--w": "width",
+          "--h": "height", "--sampler": "sampler"}
+
+
+@dataclass(frozen=True)
+class PreviewPrompt:
+    prompt: str
+    negative_prompt: str
+    steps: int
+    guidance_scale: float
+    seed: int
+    width: int
+    height: int
+    sampler: str
+
+    def settings(self) -> dict:
+        return dict(self.__dict__)
+
+
+def parse_prompts(sample_cfg, resolution: int) -> list[PreviewPrompt]:
+    """sample.prompts with section defaults, each line's `--n/--s/--l/--d/--w/--h/--sampler` applied."""
+    size = sample_cfg.size or resolution
+    result = []
+    for index, line in enumerate(sample_cfg.prompts):
+        base = PreviewPrompt("", sample_cfg.negative_prompt, sample_cfg.steps, sample_cfg.guidance_scale,
+                             sample_cfg.seed + index, size, size, sample_cfg.sampler)
+        result.append(_apply_flags(base, line))
+    return result
+
+
+def _apply_flags(base: PreviewPrompt, line: str) -> PreviewPrompt:
+    text, _, rest = line.partition(" --")
+    values: dict = {"prompt": text.strip()}
+    tokens = shlex.split("--" + rest) if rest else []
+    index = 0
+    while index < len(tokens):
+        flag = tokens[index]
+        if flag not in _FLAGS:
+            raise ConfigError(f"sample.prompts: unknown option {flag!r} in {line!r}; use {', '.join(_FLAGS)}.")
+        words = []
+        index += 1
+        while index < len(tokens) and tokens[index] not in _FLAGS:
+            words.append(tokens[index])
+            index += 1
+        values[_FLAGS[flag]] = _typed(_FLAGS[flag], " ".join(words), line)
+    return replace(base, **values)
+
+
+def _typed(name: str, raw: str, line: str):
+    kinds = {"steps": int, "seed": int, "width": int, "height": int, "guidance_scale": float}
+    try:
+        value = kinds.get(name, str)(raw)
+    except ValueError:
+        raise ConfigError(f"sample.prompts: {name} = {raw!r} is not a number in {line!r}.") from None
+    if name in ("width", "height") and (value <= 0 or value % 8):
+        raise ConfigError(f"sample.prompts: {name} = {value} must be a positive multiple of 8 in {line!r}.")
+    if name == "sampler" and value not in ("default", *SAMPLERS):
+        raise ConfigError(f"sample.prompts: sampler {value!r} unknown; choose default, {', '.join(SAMPLERS)}.")
+    return value
+
+
+def model_scheduler(folder: Path):
+    """The scheduler saved with the model: what `DiffusionPipeline.from_pretrained` would use."""
+    import diffusers
+    from diffusers import DiffusionPipeline
+
+    class_name = DiffusionPipeline.load_config(folder)["scheduler"][1]
+    return getattr(diffusers, class_name).from_pretrained(folder, subfolder="scheduler")
+
+
+def scheduler_for(name: str, default_scheduler):
+    if name == "default":
+        return default_scheduler
+    import diffusers
+
+    class_name, extra = SAMPLERS[name]
+    return getattr(diffusers, class_name).from_config(default_scheduler.config, **extra)
 
 
 def inference_pipeline(model):
     """A StableDiffusionPipeline over the (LoRA-carrying) components, with the model's own scheduler."""
-    import diffusers
-    from diffusers import DiffusionPipeline, StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline
 
-    scheduler_class = DiffusionPipeline.load_config(model.folder)["scheduler"][1]
-    scheduler = getattr(diffusers, scheduler_class).from_pretrained(model.folder, subfolder="scheduler")
     pipe = StableDiffusionPipeline(
-        vae=model.vae,
-        text_encoder=model.text_encoder,
-        tokenizer=model.tokenizer,
-        unet=model.unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
+        vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer, unet=model.unet,
+        scheduler=model_scheduler(model.folder), safety_checker=None, feature_extractor=None,
         requires_safety_checker=False,
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-def png_info(settings: dict):
-    from PIL.PngImagePlugin import PngInfo
+def render_one(pipe, preview: PreviewPrompt, default_scheduler, autocast=None):
+    import contextlib
 
-    info = PngInfo()
-    info.add_text("parameters", json.dumps(settings, ensure_ascii=False))
-    return info
+    import torch
+
+    pipe.scheduler = scheduler_for(preview.sampler, default_scheduler)
+    with torch.no_grad(), (autocast or contextlib.nullcontext()):
+        return pipe(
+            preview.prompt,
+            negative_prompt=preview.negative_prompt or None,
+            num_inference_steps=preview.steps,
+            guidance_scale=preview.guidance_scale,
+            height=preview.height,
+            width=preview.width,
+            generator=torch.Generator().manual_seed(preview.seed),
+        ).images[0]
 
 
 def render_previews(model, cfg, step: int, folder: Path, accelerator=None) -> list[Path]:
     """One PNG per prompt (settings in its text chunk) plus a grid; returns all written paths."""
-    import torch
-
-    sample_cfg = cfg.sample
-    size = sample_cfg.size or cfg.data.resolution
+    previews = parse_prompts(cfg.sample, cfg.data.resolution)
     pipe = inference_pipeline(model)
+    default_scheduler = pipe.scheduler
     was_training = model.unet.training, model.text_encoder.training
     model.unet.eval()
     model.text_encoder.eval()
     images, paths = [], []
     try:
-        for index, prompt in enumerate(sample_cfg.prompts):
-            seed = sample_cfg.seed + index
-            settings = {
-                "prompt": prompt,
-                "negative_prompt": sample_cfg.negative_prompt,
-                "seed": seed,
-                "steps": sample_cfg.steps,
-                "guidance_scale": sample_cfg.guidance_scale,
-                "size": size,
-                "scheduler": type(pipe.scheduler).__name__,
-                "step": step,
-            }
-            autocast = accelerator.autocast() if accelerator is not None else torch.autocast("cpu", enabled=False)
-            with torch.no_grad(), autocast:
-                image = pipe(
-                    prompt,
-                    negative_prompt=sample_cfg.negative_prompt or None,
-                    num_inference_steps=sample_cfg.steps,
-                    guidance_scale=sample_cfg.guidance_scale,
-                    height=size,
-                    width=size,
-                    generator=torch.Generator().manual_seed(seed),
-                ).images[0]
+        for index, preview in enumerate(previews):
+            autocast = accelerator.autocast() if accelerator is not None else None
+            image = render_one(pipe, preview, default_scheduler, autocast)
             images.append(image)
-            paths.append(_save_png(image, folder / f"step{step:06d}-{index:02d}.png", settings))
-        paths.append(_save_png(image_grid(images), folder / f"step{step:06d}-grid.png", {"step": step}))
+            settings = {**preview.settings(), "step": step, "scheduler": type(pipe.scheduler).__name__}
+            paths.append(save_png(image, folder / f"step{step:06d}-{index:02d}.png", settings))
+        paths.append(save_png(image_grid(images), folder / f"step{step:06d}-grid.png", {"step": step}))
     finally:
         model.unet.train(was_training[0])
         model.text_encoder.train(was_training[1])
     return paths
 
 
-def _save_png(image, path: Path, settings: dict) -> Path:
+def save_png(image, path: Path, settings: dict) -> Path:
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("parameters", json.dumps(settings, ensure_ascii=False))
     with atomic_path(path) as tmp:
-        image.save(tmp, format="PNG", pnginfo=png_info(settings))
+        image.save(tmp, format="PNG", pnginfo=info)
     return path
 
 
@@ -96,3 +176,31 @@ def image_grid(images: list, columns: int | None = None):
     for i, image in enumerate(images):
         grid.paste(image, ((i % columns) * width, (i // columns) * height))
     return grid
+
+
+def render_strength_sweep(base: str, adapter: Path, previews: list[PreviewPrompt], strengths: list[float]):
+    """A grid: one row per prompt, one column per LoRA strength, through diffusers' own LoRA loading."""
+    from diffusers import StableDiffusionPipeline
+
+    from .models.loading import resolve_model_path
+
+    folder = resolve_model_path(base)
+    pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    adapter = Path(adapter)
+    pipe.load_lora_weights(str(adapter.parent), weight_name=adapter.name, adapter_name="sweep")
+    default_scheduler = pipe.scheduler
+    images = []
+    for preview in previews:
+        for strength in strengths:
+            pipe.set_adapters(["sweep"], adapter_weights=[strength])
+            images.append(render_one(pipe, preview, default_scheduler))
+    return image_grid(images, columns=len(strengths))
+
+
+def adapter_base_model(adapter: Path) -> str | None:
+    """The base model a file was trained on, from its metadata (sdlora writes ss_sd_model_name)."""
+    from safetensors import safe_open
+
+    with safe_open(str(adapter), "pt") as handle:
+        return (handle.metadata() or {}).get("ss_sd_model_name")

@@ -147,13 +147,24 @@ class TrainSection:
 @dataclass
 class SampleSection:
     prompts: list = option(
-        [], "Prompts for preview images during training; empty = no previews.", item_type=str
+        [],
+        "Preview prompts; empty = no previews. Each may end with kohya-style options for that prompt: "
+        "--n negative prompt, --s steps, --l guidance scale, --d seed, --w width, --h height, --sampler name.",
+        item_type=str,
     )
-    negative_prompt: str = option("", "Negative prompt for every preview.")
-    every_n_steps: int = option(0, "Render previews every N steps (0 = only after the last step).", min=0, max=10_000_000)
+    negative_prompt: str = option("", "Negative prompt for every preview (a prompt's --n replaces it).")
+    every_n_steps: int = option(0, "Render previews every N steps (0 = off); always after the last step.",
+                                min=0, max=10_000_000)
+    every_n_epochs: int = option(0, "Render previews after every N epochs (0 = off).", min=0, max=100_000)
+    sampler: str = option(
+        "default",
+        "Scheduler for previews; 'default' is the model's own (what a plain diffusers pipeline uses).",
+        choices=("default", "euler", "euler_a", "ddim", "dpm++2m", "dpm++2m_karras", "pndm", "lms"),
+    )
     steps: int = option(20, "Denoising steps per preview.", min=1, max=1000)
     guidance_scale: float = option(7.5, "Classifier-free guidance scale.", min=0.0, max=50.0)
-    seed: int = option(1234, "Seed of the preview noise (fixed, so previews are comparable).", min=0, max=2**32 - 1)
+    seed: int = option(1234, "Seed of the first preview; prompt i uses seed + i (fixed, so rounds compare).",
+                       min=0, max=2**32 - 1)
     size: int = option(0, "Preview side length in pixels; 0 = data.resolution.", min=0, max=4096)
 
 

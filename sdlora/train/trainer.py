@@ -134,13 +134,28 @@ class Trainer:
         if not sample_cfg.prompts:
             return
         every = sample_cfg.every_n_steps
-        if not (final or (every and step % every == 0) or self.control.take("sample")):
+        due = final or (every and step % every == 0) or self._epoch_ended(sample_cfg.every_n_epochs)
+        if not (due or self.control.take("sample")):
             return
         from ..events import Sampled
         from ..sample import render_previews
 
         paths = render_previews(_Unwrapped(self.parts), self.cfg, step, self.run_dir / "samples", self.parts.accelerator)
         self.emit(Sampled(step=step, paths=[str(p) for p in paths]))
+
+
+    def optimizer_step_epochs(self) -> tuple[int, int]:
+        """(epochs completed before, after) the last optimizer step."""
+        per_epoch = self.parts.stream.batches_per_epoch
+        before = self.micro_batch - self.cfg.train.gradient_accumulation
+        return before // per_epoch, self.micro_batch // per_epoch
+
+    def _epoch_ended(self, every_n_epochs: int) -> bool:
+        """True when the last step completed an epoch that is a multiple of every_n_epochs."""
+        if not every_n_epochs:
+            return False
+        before, after = self.optimizer_step_epochs()
+        return any(epoch % every_n_epochs == 0 for epoch in range(before + 1, after + 1))
 
 
 class _Unwrapped:
