@@ -11,7 +11,7 @@ from ..lora.inject import count_parameters
 from ..lora.state import save_adapter
 from .control import Control
 from .setup import RunParts, build_run
-from .step import diffusion_loss, encode_latents, encode_text, sample_noise, sample_timesteps, tokenize
+from .step import diffusion_loss, sample_noise, sample_timesteps
 
 
 class Trainer:
@@ -70,13 +70,9 @@ class Trainer:
         base, generator = parts.base, parts.generator
         batch = parts.stream.batch(self.micro_batch)
         self.micro_batch += 1
-        pixels = torch.from_numpy(batch.pixels)
         with parts.accelerator.autocast():
-            with torch.no_grad():
-                latents = encode_latents(base.vae, pixels, generator)
-            input_ids = tokenize(base.tokenizer, batch.captions)
-            with torch.set_grad_enabled(cfg.lora.train_text_encoder):
-                hidden = encode_text(base.text_encoder, input_ids)
+            latents = parts.latent_source.latents(batch, generator)
+            hidden = parts.text_source.hidden_states(batch.captions)
             noise = sample_noise(latents, generator, cfg.train.noise_offset)
             timesteps = sample_timesteps(
                 latents.shape[0], generator, base.noise_scheduler.config.num_train_timesteps, latents.device
