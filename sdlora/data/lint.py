@@ -73,7 +73,7 @@ class LintReport:
 def _tokenizer():
     from ..models.tokenizer import clip_tokenizer
 
-    return clip_tokenizer()
+    return clip_tokenizer(max_length=1 << 20)  # count every token; no truncation warning
 
 
 def caption_token_count(caption: str) -> int:
