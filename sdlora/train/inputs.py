@@ -2,6 +2,10 @@
 
 Cached or not, the training generator is drawn from in the same order and amount: one normal
 draw of the batch's latent shape for 'sample' latents, none for 'deterministic' latents.
+
+The frozen VAE and text encoder run one image / one caption at a time, cached or not: batched
+convolutions and matmuls round differently with the batch size (about 1e-6 here), so per-item
+encoding is what makes a cached value bit-identical to a fresh one, whatever batch it came from.
 """
 from __future__ import annotations
 
@@ -37,27 +41,35 @@ class LatentSource:
             self.cache = LatentCache(data_cfg.cache_latents, folder)
             self.vae_id = vae_fingerprint(vae)
 
-    def _encode(self, pixels: torch.Tensor):
-        dist = self.vae.encode(pixels.to(self.vae.device, self.vae.dtype)).latent_dist
-        return dist.mean, dist.std
+    def _encode_each(self, pixels: torch.Tensor) -> list:
+        """[(mean, std)] per image, each encoded on its own (see the module note)."""
+        result = []
+        for row in pixels.to(self.vae.device, self.vae.dtype):
+            dist = self.vae.encode(row[None]).latent_dist
+            result.append((dist.mean[0], dist.std[0]))
+        return result
 
     def distribution(self, batch):
         """(mean, std) of the batch, from the cache where possible."""
         if self.cache is None:
-            return self._encode(torch.from_numpy(batch.pixels(self.background)))
+            found = self._encode_each(torch.from_numpy(batch.pixels(self.background)))
+        else:
+            found = self._cached_distribution(batch)
+        device, dtype = self.vae.device, self.vae.dtype
+        mean = torch.stack([m.to(device, dtype) for m, _ in found])
+        std = torch.stack([s.to(device, dtype) for _, s in found])
+        return mean, std
+
+    def _cached_distribution(self, batch) -> list:
         keys = [latent_key(item, self.background, self.vae_id) for item in batch.items]
         found = [self.cache.get(key) for key in keys]
         missing = [i for i, entry in enumerate(found) if entry is None]
         if missing:
             sub = type(batch)([batch.items[i] for i in missing], batch.epoch, batch.bucket)
-            mean, std = self._encode(torch.from_numpy(sub.pixels(self.background)))
-            for row, i in enumerate(missing):
-                self.cache.put(keys[i], mean[row], std[row])
-                found[i] = (mean[row].detach().cpu(), std[row].detach().cpu())
-        device, dtype = self.vae.device, self.vae.dtype
-        mean = torch.stack([m for m, _ in found]).to(device, dtype)
-        std = torch.stack([s for _, s in found]).to(device, dtype)
-        return mean, std
+            for i, (mean, std) in zip(missing, self._encode_each(torch.from_numpy(sub.pixels(self.background)))):
+                self.cache.put(keys[i], mean, std)
+                found[i] = (mean, std)
+        return found
 
     @torch.no_grad()
     def latents(self, batch, generator) -> torch.Tensor:
@@ -72,16 +84,19 @@ class TextSource:
         self.trained = text_encoder_trained
         self.cache = TextCache() if cache_enabled and not text_encoder_trained else None
 
+    def _encode_each(self, captions: list[str]) -> list:
+        with torch.no_grad():
+            return [encode_text(self.text_encoder, tokenize(self.tokenizer, [c]))[0] for c in captions]
+
     def hidden_states(self, captions: list[str]) -> torch.Tensor:
+        if self.trained:  # the text encoder learns: batched, with gradients, never cached
+            return encode_text(self.text_encoder, tokenize(self.tokenizer, captions))
         if self.cache is None:
-            with torch.set_grad_enabled(self.trained):
-                return encode_text(self.text_encoder, tokenize(self.tokenizer, captions))
+            return torch.stack(self._encode_each(captions))
         found = [self.cache.get(caption) for caption in captions]
         missing = sorted({c for c, h in zip(captions, found) if h is None})
         if missing:
-            with torch.no_grad():
-                hidden = encode_text(self.text_encoder, tokenize(self.tokenizer, missing))
-            fresh = {caption: hidden[row] for row, caption in enumerate(missing)}
+            fresh = dict(zip(missing, self._encode_each(missing)))
             for caption, states in fresh.items():
                 self.cache.put(caption, states)
             found = [fresh[c] if h is None else h for c, h in zip(captions, found)]
