@@ -60,12 +60,18 @@ class MemoryEstimate:
         return self.frozen_weights + self.lora_training + self.activations
 
     def lines(self) -> list[str]:
-        gib = 1024**3
         return [
-            f"peak memory estimate: {self.total / gib:.2f} GiB (rough, +-30%)",
-            f"  frozen weights {self.frozen_weights / gib:.2f} GiB, LoRA {self.lora_params:,d} params "
-            f"(+grads+Adam) {self.lora_training / gib:.3f} GiB, activations {self.activations / gib:.2f} GiB",
+            f"peak memory estimate: {human_bytes(self.total)} (rough, +-30%)",
+            f"  frozen weights {human_bytes(self.frozen_weights)}, LoRA {self.lora_params:,d} params "
+            f"(+grads+Adam) {human_bytes(self.lora_training)}, activations {human_bytes(self.activations)}",
         ]
+
+
+def human_bytes(count: int) -> str:
+    for unit, size in (("GiB", 1024**3), ("MiB", 1024**2)):
+        if count >= size:
+            return f"{count / size:.2f} {unit}"
+    return f"{count / 1024:.1f} KiB"
 
 
 def estimate_memory(model_folder: Path, cfg, largest_bucket: tuple[int, int]) -> MemoryEstimate:

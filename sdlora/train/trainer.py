@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from ..events import EventSink, Finished, Saved, Started, Step, Warning_
+from ..events import DataSummary, EventSink, Finished, Saved, Started, Step, Warning_
 from ..lora.inject import count_parameters
 from ..lora.state import save_adapter
 from .control import Control
@@ -84,6 +84,9 @@ class Trainer:
 
     def _announce(self) -> None:
         parts = self.parts
+        stream = parts.stream
+        buckets = [[w, h, n] for (w, h), n in stream.bucket_histogram()]
+        self.emit(DataSummary(len(stream.examples), stream.samples_per_epoch, stream.batches_per_epoch, buckets))
         counts = count_parameters(parts.base.unet, parts.base.text_encoder)
         self.emit(
             Started(
