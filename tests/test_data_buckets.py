@@ -1,5 +1,5 @@
 """Aspect-ratio buckets: the bucket list, assignments, no-upscale, batches never mix, histogram."""
-from data_helpers import config, gradient, write_image
+from tests.data_helpers import config, gradient, write_image
 
 from sdlora.data.buckets import BucketSpec, bucket_for, bucket_spec, format_histogram, make_buckets
 from sdlora.data.scan import scan_for_training
@@ -54,5 +54,5 @@ def test_batches_never_mix_buckets_and_histogram(tmp_path):
         assert sorted(len(b.items) for b in batches) == [2, 2, 4, 4, 4, 4]
         seen = sorted(item.slot for b in batches for item in b.items)
         assert seen == list(range(20))  # every image x repeat exactly once per epoch
-        assert all(b.pixels().shape[2:] == b.bucket[::-1] for b in batches[:1])
+        assert all(b.pixels.shape[2:] == b.bucket[::-1] for b in batches[:1])
     assert format_histogram(stream.bucket_histogram(), width=10)[1].split() == ["256x256", "5", "##########"]

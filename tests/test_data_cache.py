@@ -1,7 +1,7 @@
 """Latent cache (memory, disk) and text-embedding cache: hits, invalidation, exact values."""
 import pytest
 import torch
-from data_helpers import config, gradient, write_image
+from tests.data_helpers import config, gradient, write_image
 
 from sdlora.data.scan import scan_for_training
 from sdlora.data.stream import BatchStream, build_examples

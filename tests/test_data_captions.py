@@ -1,7 +1,7 @@
 """Caption processing: trigger word, keep_tokens, shuffle, tag/caption dropout; exact per seed."""
 import random
 
-from data_helpers import config, write_image
+from tests.data_helpers import config, write_image
 
 from sdlora.data.captions import CaptionOptions, process_caption, split_tags, tag_frequencies, with_trigger_word
 from sdlora.data.scan import scan_for_training

@@ -3,7 +3,7 @@ import random
 
 import numpy as np
 import pytest
-from data_helpers import gradient
+from tests.data_helpers import gradient
 from PIL import Image
 
 from sdlora.data.images import load_training_array, open_rgb, plan_crop, upright_size

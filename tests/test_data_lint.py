@@ -5,7 +5,7 @@ import io
 
 import numpy as np
 import pytest
-from data_helpers import config, gradient, write_image
+from tests.data_helpers import config, gradient, write_image
 from PIL import Image
 
 from sdlora.cli import main

@@ -2,7 +2,7 @@
 import json
 
 import pytest
-from data_helpers import gradient, write_image
+from tests.data_helpers import gradient, write_image
 
 from sdlora.cli import main
 from sdlora.config import from_dict

@@ -2,7 +2,7 @@
 import tomllib
 
 import pytest
-from data_helpers import config, gradient, write_image
+from tests.data_helpers import config, gradient, write_image
 
 from sdlora.config import dump_toml, from_dict, load_config
 from sdlora.data.scan import scan_all, scan_for_training

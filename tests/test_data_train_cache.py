@@ -1,7 +1,7 @@
 """Acceptance: training with latent + text caches equals training without them (same seed,
 deterministic latents, caption shuffle and dropout on), CPU fp32."""
 import pytest
-from data_helpers import gradient, write_image
+from tests.data_helpers import gradient, write_image
 from safetensors.torch import load_file
 
 from sdlora.config import from_dict

@@ -58,6 +58,14 @@ class LintReport:
 
     def format(self) -> str:
         lines = [i.line() for i in self.errors + self.warnings]
+        for level in ("error", "warning"):
+            counts = self.kinds(level)
+            if counts:
+                lines.append(f"{level}s: " + ", ".join(f"{kind} {n} file(s)" for kind, n in counts.items()))
+        counts = self.kinds("error")
+        if "missing-caption" in counts:
+            lines.append(f"{counts['missing-caption']} image(s) have no caption: add caption files, or set "
+                         "data.missing_caption = 'default' (with data.default_caption), 'filename' or 'empty'.")
         summary = f"{self.images_checked} image(s) checked: {len(self.errors)} error(s), {len(self.warnings)} warning(s)."
         return "\n".join(lines + [summary])
 
@@ -156,8 +164,9 @@ def lint_dataset(data_cfg) -> LintReport:
     report = LintReport()
     records = scan_all(data_cfg)
     if not records:
+        folders = ", ".join(str(spec.folder) for spec in dataset_specs(data_cfg))
         report.add("error", "no-images", None,
-                   f"no images found (looked for {', '.join(IMAGE_EXTENSIONS)}); put your training images there.")
+                   f"No images in {folders} (looked for {', '.join(IMAGE_EXTENSIONS)}); put your training images there.")
     hashes: dict = defaultdict(list)
     for record in records:
         check_record(record, report, hashes)

@@ -63,14 +63,19 @@ class Batch:
     items: list
     epoch: int
     bucket: tuple[int, int]
+    background: str = "white"
 
     @property
     def captions(self) -> list[str]:
         return [item.caption for item in self.items]
 
-    def pixels(self, background: str = "white") -> np.ndarray:
-        """B x 3 x H x W float32 in [-1, 1]."""
-        arrays = [load_training_array(i.example.path, i.crop, i.flip, background) for i in self.items]
+    def subset(self, indices: list[int]) -> "Batch":
+        return Batch([self.items[i] for i in indices], self.epoch, self.bucket, self.background)
+
+    @property
+    def pixels(self) -> np.ndarray:
+        """B x 3 x H x W float32 in [-1, 1], loaded from the files on each access."""
+        arrays = [load_training_array(i.example.path, i.crop, i.flip, self.background) for i in self.items]
         return np.stack(arrays)
 
 
@@ -124,7 +129,7 @@ class BatchStream:
         epoch, within = divmod(index, self.batches_per_epoch)
         slots = self.epoch_batches(epoch)[within]
         items = [self.draw(epoch, slot) for slot in slots]
-        return Batch(items, epoch, items[0].example.bucket)
+        return Batch(items, epoch, items[0].example.bucket, self.data_cfg.background)
 
     def bucket_histogram(self) -> list[tuple[tuple[int, int], int]]:
         """[(bucket, images)] over distinct images (repeats not counted), sorted by bucket."""

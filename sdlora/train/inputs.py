@@ -34,7 +34,7 @@ class LatentSource:
     def __init__(self, vae, data_cfg):
         self.vae = vae
         self.mode = data_cfg.latents
-        self.background = data_cfg.background
+        self.background = data_cfg.background  # part of the cache key (the batch loads with it)
         self.cache = None
         if data_cfg.cache_latents != "off":
             folder = Path(data_cfg.cache_dir) if data_cfg.cache_dir else default_cache_dir()
@@ -52,7 +52,7 @@ class LatentSource:
     def distribution(self, batch):
         """(mean, std) of the batch, from the cache where possible."""
         if self.cache is None:
-            found = self._encode_each(torch.from_numpy(batch.pixels(self.background)))
+            found = self._encode_each(torch.from_numpy(batch.pixels))
         else:
             found = self._cached_distribution(batch)
         device, dtype = self.vae.device, self.vae.dtype
@@ -65,8 +65,8 @@ class LatentSource:
         found = [self.cache.get(key) for key in keys]
         missing = [i for i, entry in enumerate(found) if entry is None]
         if missing:
-            sub = type(batch)([batch.items[i] for i in missing], batch.epoch, batch.bucket)
-            for i, (mean, std) in zip(missing, self._encode_each(torch.from_numpy(sub.pixels(self.background)))):
+            fresh = self._encode_each(torch.from_numpy(batch.subset(missing).pixels))
+            for i, (mean, std) in zip(missing, fresh):
                 self.cache.put(keys[i], mean, std)
                 found[i] = (mean, std)
         return found

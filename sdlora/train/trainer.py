@@ -84,9 +84,6 @@ class Trainer:
 
     def _announce(self) -> None:
         parts = self.parts
-        stream = parts.stream
-        buckets = [[w, h, n] for (w, h), n in stream.bucket_histogram()]
-        self.emit(DataSummary(len(stream.examples), stream.samples_per_epoch, stream.batches_per_epoch, buckets))
         counts = count_parameters(parts.base.unet, parts.base.text_encoder)
         self.emit(
             Started(
@@ -101,6 +98,9 @@ class Trainer:
                 output_dir=str(self.run_dir),
             )
         )
+        stream = parts.stream
+        buckets = [[w, h, n] for (w, h), n in stream.bucket_histogram()]
+        self.emit(DataSummary(len(stream.examples), stream.samples_per_epoch, stream.batches_per_epoch, buckets))
 
     def _report(self, step: int, loss: float, it_per_s: float) -> None:
         epoch = (self.micro_batch - 1) // self.parts.stream.batches_per_epoch
