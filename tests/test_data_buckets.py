@@ -1,9 +1,14 @@
 """Aspect-ratio buckets: the bucket list, assignments, no-upscale, batches never mix, histogram."""
-from tests.data_helpers import config, gradient, write_image
-
-from sdlora.data.buckets import BucketSpec, bucket_for, bucket_spec, format_histogram, make_buckets
+from sdlora.data.buckets import (
+    BucketSpec,
+    bucket_for,
+    bucket_spec,
+    format_histogram,
+    make_buckets,
+)
 from sdlora.data.scan import scan_for_training
 from sdlora.data.stream import BatchStream, build_examples
+from tests.data_helpers import config, gradient, write_image
 
 SPEC_512 = BucketSpec(base=512, min_side=256, max_side=1024, step=64, no_upscale=False, enabled=True)
 

@@ -1,12 +1,12 @@
 """Latent cache (memory, disk) and text-embedding cache: hits, invalidation, exact values."""
 import pytest
 import torch
-from tests.data_helpers import config, gradient, write_image
 
 from sdlora.data.scan import scan_for_training
 from sdlora.data.stream import BatchStream, build_examples
 from sdlora.models.loading import builtin_model_path, load_base_model
 from sdlora.train.inputs import LatentSource, TextSource
+from tests.data_helpers import config, gradient, write_image
 
 
 @pytest.fixture(scope="module")

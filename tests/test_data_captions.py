@@ -1,11 +1,16 @@
 """Caption processing: trigger word, keep_tokens, shuffle, tag/caption dropout; exact per seed."""
 import random
 
-from tests.data_helpers import config, write_image
-
-from sdlora.data.captions import CaptionOptions, process_caption, split_tags, tag_frequencies, with_trigger_word
+from sdlora.data.captions import (
+    CaptionOptions,
+    process_caption,
+    split_tags,
+    tag_frequencies,
+    with_trigger_word,
+)
 from sdlora.data.scan import scan_for_training
 from sdlora.data.stream import BatchStream, build_examples
+from tests.data_helpers import config, write_image
 
 CAPTION = "1girl, red hair, smile, outdoors, sky, tree"
 

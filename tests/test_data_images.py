@@ -3,10 +3,10 @@ import random
 
 import numpy as np
 import pytest
-from tests.data_helpers import gradient
 from PIL import Image
 
 from sdlora.data.images import load_training_array, open_rgb, plan_crop, upright_size
+from tests.data_helpers import gradient
 
 
 def test_exif_orientation_is_applied(tmp_path):

@@ -5,13 +5,13 @@ import io
 
 import numpy as np
 import pytest
-from tests.data_helpers import config, gradient, write_image
 from PIL import Image
 
 from sdlora.cli import main
 from sdlora.data.lint import lint_dataset
 from sdlora.errors import DataError
 from sdlora.train.setup import build_stream
+from tests.data_helpers import config, gradient, write_image
 
 LONG_CAPTION = " ".join(["red"] * 80)  # 80 tokens, the text encoder keeps 75
 

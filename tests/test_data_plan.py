@@ -2,11 +2,11 @@
 import json
 
 import pytest
-from tests.data_helpers import gradient, write_image
 
 from sdlora.cli import main
 from sdlora.config import from_dict
 from sdlora.data.plan import format_plan, make_plan
+from tests.data_helpers import gradient, write_image
 
 
 def make_two_datasets(root):

@@ -1,13 +1,12 @@
 """Scanning: flat folders, kohya N_name repeats, several datasets, caption sources, config shape."""
-import tomllib
-
 import pytest
-from tests.data_helpers import config, gradient, write_image
+import tomllib
 
 from sdlora.config import dump_toml, from_dict, load_config
 from sdlora.data.scan import scan_all, scan_for_training
 from sdlora.data.stream import BatchStream, build_examples
 from sdlora.errors import ConfigError, DataError
+from tests.data_helpers import config, gradient, write_image
 
 
 def test_flat_folder_with_captions_sorted_by_name(tmp_path):

@@ -95,7 +95,6 @@ def _coerce_type(info: OptionInfo, value: Any) -> Any:
 
 def entry_options(entry_class, prefix: str) -> dict[str, OptionInfo]:
     """The options of a list-of-tables item class (e.g. DatasetEntry), keyed by field name."""
-    section, _, name = prefix.rpartition(".")
     result = {}
     for f in dataclasses.fields(entry_class):
         meta = f.metadata

@@ -76,7 +76,7 @@ class LatentCache:
             return None
         try:
             tensors = load_file(path)
-        except Exception:  # a damaged entry is just a miss; it is rewritten
+        except Exception:  # noqa: BLE001 -- safetensors raises its own error type; a damaged entry is a miss
             return None
         return tensors["mean"], tensors["std"]
 

@@ -62,8 +62,10 @@ class MemoryEstimate:
     def lines(self) -> list[str]:
         return [
             f"peak memory estimate: {human_bytes(self.total)} (rough, +-30%)",
-            f"  frozen weights {human_bytes(self.frozen_weights)}, LoRA {self.lora_params:,d} params "
-            f"(+grads+Adam) {human_bytes(self.lora_training)}, activations {human_bytes(self.activations)}",
+            (
+                f"  frozen weights {human_bytes(self.frozen_weights)}, LoRA {self.lora_params:,d} params "
+                f"(+grads+Adam) {human_bytes(self.lora_training)}, activations {human_bytes(self.activations)}"
+            ),
         ]
 
 
