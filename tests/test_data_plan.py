@@ -72,3 +72,7 @@ def test_plan_needs_no_model_and_cli_json(tmp_path, capsys):
     assert main(["plan", str(tmp_path / "cfg.toml"), "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert (shown["samples_per_epoch"], shown["total_steps"]) == (20, 40)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty.toml").write_text(f'[data]\npath = "{tmp_path / "empty"}"\n[train]\nmax_steps = 5\n')
+    assert main(["plan", str(tmp_path / "empty.toml")]) == 2
+    assert "error: No usable images in" in capsys.readouterr().err

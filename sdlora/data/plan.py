@@ -89,6 +89,9 @@ def make_plan(cfg, with_lr: bool = True, with_memory: bool = True) -> DataPlan:
 
     records = scan_all(cfg.data)
     examples, skipped = readable_examples(records, cfg.data)
+    if not examples:
+        folders = ", ".join(str(spec.folder) for spec in dataset_specs(cfg.data))
+        raise DataError(f"No usable images in {folders} ({skipped} unreadable); run `sdlora lint` for details.")
     stream = BatchStream(examples, cfg.data, cfg.train.batch_size, cfg.train.seed)
     steps = plan_steps(len(examples), cfg.train, stream.batches_per_epoch)
     per_dataset = [
