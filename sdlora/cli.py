@@ -54,6 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--port", type=int, default=7860)
     ui.add_argument("--auth", metavar="USER:PASSWORD", help="Require this login (use it when binding beyond localhost).")
 
+    for name, text in (("lint", "Check the dataset of a config (nothing is changed); exit 1 on errors."),
+                       ("plan", "Dry run: steps, buckets, captions, tags, LR curve, memory; no model compute.")):
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("config", nargs="?")
+        sub.add_argument("--preset")
+        sub.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+        if name == "plan":
+            sub.add_argument("--json", action="store_true", help="Print the plan as JSON (what the UI shows).")
+
     commands.add_parser("options", help="List every config option with its default, allowed values and help.")
 
     export = commands.add_parser("export", help="Convert a LoRA file (any kohya/diffusers/PEFT layout) and check it.")
@@ -124,6 +133,32 @@ def cmd_config(args) -> int:
     return 0
 
 
+def _config_for(args):
+    from .config import load_config
+
+    if args.config is None and args.preset is None:
+        raise SdloraError(f"sdlora {args.command} needs a config file or --preset NAME.")
+    return load_config(args.config, args.overrides, args.preset)
+
+
+def cmd_lint(args) -> int:
+    from .data.lint import lint_dataset
+
+    report = lint_dataset(_config_for(args).data)
+    print(report.format())
+    return 1 if report.errors else 0
+
+
+def cmd_plan(args) -> int:
+    import json
+
+    from .data.plan import format_plan, make_plan
+
+    plan = make_plan(_config_for(args))
+    print(json.dumps(plan.to_dict(), indent=2, ensure_ascii=False) if args.json else format_plan(plan))
+    return 0
+
+
 def cmd_options(args) -> int:
     from .config import options
 
@@ -174,6 +209,8 @@ COMMANDS = {
     "options": cmd_options,
     "export": cmd_export,
     "check": cmd_check,
+    "lint": cmd_lint,
+    "plan": cmd_plan,
 }
 
 

@@ -67,6 +67,17 @@ class Warning_(Event):
 
 
 @dataclass
+class DataSummary(Event):
+    """The dataset as training will see it: sent once, after lint and bucketing."""
+
+    num_images: int
+    samples_per_epoch: int  # images x repeats
+    batches_per_epoch: int
+    buckets: list  # [[width, height, images]]
+    type: str = field(init=False, default="data")
+
+
+@dataclass
 class Finished(Event):
     step: int
     path: str

@@ -76,6 +76,10 @@ def _coerce_type(info: OptionInfo, value: Any) -> Any:
     expected = info.type
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if expected is list and dataclasses.is_dataclass(info.item_type):
+        if not isinstance(value, list):
+            raise ConfigError(f"{info.key} must be a list of tables ([[{info.key}]]), got {value!r}.")
+        return [table_entry(info.item_type, f"{info.key}[{i}]", item) for i, item in enumerate(value)]
     if expected is list:
         if not isinstance(value, list) or not all(isinstance(v, info.item_type) for v in value):
             raise ConfigError(
@@ -87,6 +91,34 @@ def _coerce_type(info: OptionInfo, value: Any) -> Any:
             f"{info.key} must be {expected.__name__}, got {type(value).__name__} {value!r}."
         )
     return value
+
+
+def entry_options(entry_class, prefix: str) -> dict[str, OptionInfo]:
+    """The options of a list-of-tables item class (e.g. DatasetEntry), keyed by field name."""
+    result = {}
+    for f in dataclasses.fields(entry_class):
+        meta = f.metadata
+        result[f.name] = OptionInfo(
+            section=prefix, name=f.name, type=_field_type(f), default=f.default, help=meta["help"],
+            choices=meta["choices"], min=meta["min"], max=meta["max"], advanced=meta["advanced"],
+            item_type=meta["item_type"],
+        )
+    return result
+
+
+def table_entry(entry_class, prefix: str, table: Any):
+    """One validated item of a list of tables; unknown keys name the closest valid key."""
+    if isinstance(table, entry_class):
+        table = dataclasses.asdict(table)
+    if not isinstance(table, dict):
+        raise ConfigError(f"{prefix} must be a table of options, got {table!r}.")
+    known = entry_options(entry_class, prefix)
+    values = {}
+    for name, value in table.items():
+        if name not in known:
+            raise ConfigError(f"Unknown config key '{prefix}.{name}'." + _closest(name, known))
+        values[name] = check_value(known[name], value)
+    return entry_class(**values)
 
 
 def from_dict(data: dict) -> TrainConfig:
@@ -129,6 +161,26 @@ def check_consistency(cfg: TrainConfig) -> None:
     if cfg.data.missing_caption == "default" and not cfg.data.default_caption.strip():
         raise ConfigError(
             "data.missing_caption = 'default' needs data.default_caption to be set to a caption."
+        )
+    _check_data_sources(cfg.data)
+
+
+def _check_data_sources(data) -> None:
+    if data.path and data.datasets:
+        raise ConfigError("Set either data.path or data.datasets, not both (put the folder into data.datasets).")
+    for i, entry in enumerate(data.datasets):
+        if not entry.path:
+            raise ConfigError(f"data.datasets[{i}].path is empty: set it to a folder of training images.")
+        if entry.resolution % 8:
+            raise ConfigError(f"data.datasets[{i}].resolution = {entry.resolution} must be a multiple of 8.")
+        mode = entry.missing_caption or data.missing_caption
+        if mode == "default" and not (entry.default_caption or data.default_caption).strip():
+            raise ConfigError(f"data.datasets[{i}] uses missing_caption = 'default' but has no default_caption.")
+    if data.bucket_step % 8:
+        raise ConfigError(f"data.bucket_step = {data.bucket_step} must be a multiple of 8.")
+    if data.min_bucket_side and data.max_bucket_side and data.min_bucket_side > data.max_bucket_side:
+        raise ConfigError(
+            f"data.min_bucket_side = {data.min_bucket_side} is larger than data.max_bucket_side = {data.max_bucket_side}."
         )
 
 
@@ -192,12 +244,22 @@ def load_layer(path: Path) -> dict:
 def _absolutize_paths(data: dict, folder: Path) -> dict:
     for key in PATH_OPTIONS:
         section, name = key.split(".")
-        value = data.get(section, {}).get(name)
-        if isinstance(value, str) and value and not value.startswith("builtin:"):
-            candidate = folder / value
-            if not Path(value).is_absolute() and candidate.exists():
-                data[section][name] = str(candidate.resolve())
+        table = data.get(section, {})
+        if isinstance(table, dict):
+            table_path_to_absolute(table, name, folder)
+    entries = data.get("data", {}).get("datasets") if isinstance(data.get("data"), dict) else None
+    for entry in entries if isinstance(entries, list) else []:
+        if isinstance(entry, dict):
+            table_path_to_absolute(entry, "path", folder)
     return data
+
+
+def table_path_to_absolute(table: dict, name: str, folder: Path) -> None:
+    value = table.get(name)
+    if isinstance(value, str) and value and not value.startswith("builtin:"):
+        candidate = folder / value
+        if not Path(value).is_absolute() and candidate.exists():
+            table[name] = str(candidate.resolve())
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -255,6 +317,8 @@ def _toml_value(value: Any) -> str:
         return json.dumps(value, ensure_ascii=False)  # JSON string escapes are valid TOML basic strings
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):  # an item of a list of tables, written inline so it stays in its section
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
     raise TypeError(f"cannot write {value!r} as TOML")
 
 

@@ -40,23 +40,78 @@ class ModelSection:
     )
 
 
+MISSING_CAPTION = ("error", "default", "filename", "empty")
+CAPTION_EXTENSIONS = (".txt", ".caption")
+
+
+@dataclass
+class DatasetEntry:
+    """One entry of data.datasets: a folder with its own repeats, captions and resolution."""
+
+    path: str = option("", "Folder of images (flat, or kohya-style N_name sub-folders where N = repeats).")
+    repeats: int = option(1, "Times each image is seen per epoch (N_name sub-folders use their own N).", min=1, max=10_000)
+    caption_extension: str = option(".txt", "Extension of caption side files.", choices=CAPTION_EXTENSIONS)
+    trigger_word: str = option("", "Trigger word / class tokens put first in every caption (e.g. 'sks dog').")
+    resolution: int = option(0, "Base resolution of this dataset; 0 = data.resolution.", min=0, max=4096)
+    missing_caption: str = option(
+        "", "Like data.missing_caption for this dataset; '' = use data.missing_caption.",
+        choices=("",) + MISSING_CAPTION,
+    )
+    default_caption: str = option("", "Caption for images without one; '' = data.default_caption.")
+
+
 @dataclass
 class DataSection:
     path: str = option(
         "",
-        "Folder of training images with same-name caption files, or 'builtin:demo-shapes'.",
+        "Folder of training images with same-name caption files (flat, or kohya-style N_name "
+        "sub-folders where N = repeats), or 'builtin:demo-shapes'. Leave empty when data.datasets is used.",
     )
-    resolution: int = option(512, "Training side length in pixels (multiple of 8).", min=64, max=4096)
-    caption_extension: str = option(".txt", "Extension of caption side files.", choices=(".txt", ".caption"))
+    datasets: list = option(
+        [],
+        "Several datasets, each a [[data.datasets]] table with path, repeats, caption_extension, "
+        "trigger_word, resolution, missing_caption, default_caption. Used instead of data.path.",
+        item_type=DatasetEntry,
+    )
+    repeats: int = option(1, "Times each image in data.path is seen per epoch (N_name sub-folders use N).", min=1, max=10_000)
+    resolution: int = option(512, "Base training resolution in pixels (multiple of 8): buckets have area <= this squared.", min=64, max=4096)
+    caption_extension: str = option(".txt", "Extension of caption side files.", choices=CAPTION_EXTENSIONS)
     missing_caption: str = option(
         "error",
         "What to do with an image that has no caption file: stop with an error, use "
-        "data.default_caption, or use the file name.",
-        choices=("error", "default", "filename"),
+        "data.default_caption (e.g. the instance prompt), use the file name, or train it with an "
+        "empty caption (only when asked).",
+        choices=MISSING_CAPTION,
     )
     default_caption: str = option("", "Caption for images without one when missing_caption = 'default'.")
-    center_crop: bool = option(True, "Center-crop after resizing the short side (else random crop).", advanced=True)
+    trigger_word: str = option("", "Trigger word / class tokens put first in every caption unless already there.")
+    background: str = option(
+        "white", "Background that transparent images (RGBA, LA, palette) are composited on.",
+        choices=("white", "black", "gray"), advanced=True,
+    )
+    shuffle_tags: bool = option(False, "Shuffle the comma-separated tags of each caption every time it is used.")
+    keep_tokens: int = option(0, "The first N tags stay in place (not shuffled, never dropped); trigger word included.", min=0, max=255)
+    caption_dropout_rate: float = option(0.0, "Chance that a whole caption is replaced by '' (helps CFG).", min=0.0, max=1.0)
+    tag_dropout_rate: float = option(0.0, "Chance that each tag (after keep_tokens) is left out.", min=0.0, max=1.0)
+    enable_buckets: bool = option(True, "Aspect-ratio buckets: train each image near its own aspect ratio instead of a square crop.")
+    min_bucket_side: int = option(0, "Smallest bucket side in pixels; 0 = resolution / 2.", min=0, max=8192, advanced=True)
+    max_bucket_side: int = option(0, "Largest bucket side in pixels; 0 = resolution x 2.", min=0, max=8192, advanced=True)
+    bucket_step: int = option(64, "Bucket sides are multiples of this (64 is standard).", min=8, max=512, advanced=True)
+    no_upscale: bool = option(False, "Never upscale: an image smaller than the base area gets a bucket of its own size.", advanced=True)
+    center_crop: bool = option(True, "Center-crop the overhang after resizing (else a random crop per epoch).", advanced=True)
     random_flip: bool = option(False, "Flip images horizontally at random (not for asymmetric subjects).")
+    latents: str = option(
+        "sample", "Latents from the VAE: 'sample' its distribution (usual) or use its 'deterministic' mean.",
+        choices=("sample", "deterministic"), advanced=True,
+    )
+    cache_latents: str = option(
+        "off", "Cache VAE outputs: 'memory', 'disk' (data.cache_dir; reused across runs) or 'off'.",
+        choices=("off", "memory", "disk"),
+    )
+    cache_dir: str = option("", "Folder of the disk latent cache; '' = <SDLORA_HOME>/cache/latents.", advanced=True)
+    cache_text_embeddings: bool = option(
+        False, "Cache text-encoder outputs per distinct caption (exact with shuffle/dropout; only while the text encoder is frozen)."
+    )
 
 
 @dataclass

@@ -39,6 +39,9 @@ class ProgressBar:
         elif event.type in ("saved", "sampled", "warning"):
             message = getattr(event, "message", None) or getattr(event, "path", None) or event.paths[-1]
             (self._bar.write if self._bar is not None else print)(f"{event.type}: {message}")
+        elif event.type == "data":
+            sizes = ", ".join(f"{w}x{h}: {n}" for w, h, n in event.buckets)
+            print(f"data: {event.num_images} images, {event.samples_per_epoch} samples/epoch, buckets {sizes}")
         elif event.type in ("finished", "failed") and self._bar is not None:
             self._bar.close()
 

@@ -13,14 +13,15 @@ class StepPlan:
     """Step math, computed before any model work."""
 
     num_images: int
-    batches_per_epoch: int
+    batches_per_epoch: int  # micro-batches
     steps_per_epoch: float  # optimizer steps; fractional when accumulation spans epochs
     total_steps: int
     epochs: int
 
 
-def plan_steps(num_images: int, train_cfg) -> StepPlan:
-    batches = math.ceil(num_images / train_cfg.batch_size)
+def plan_steps(num_images: int, train_cfg, batches_per_epoch: int | None = None) -> StepPlan:
+    """Optimizer steps from images (x repeats) and batches; with buckets pass the stream's count."""
+    batches = batches_per_epoch if batches_per_epoch is not None else math.ceil(num_images / train_cfg.batch_size)
     per_epoch = batches / train_cfg.gradient_accumulation
     if train_cfg.max_steps > 0:
         total = train_cfg.max_steps
@@ -92,18 +93,42 @@ class RunParts:
     optimizer: Any
     lr_scheduler: Any
     generator: Any  # the training RNG: VAE sampling, noise and timesteps
+    latent_source: Any = None
+    text_source: Any = None
+
+
+def build_stream(cfg, warn: Callable[[str], None]):
+    """Lint (errors stop the run, warnings are reported), scan, bucket: the data before any model."""
+    from ..data.lint import lint_dataset
+    from ..data.scan import scan_for_training
+    from ..data.stream import BatchStream, build_examples
+
+    report = lint_dataset(cfg.data)
+    for message in report.warning_lines():
+        warn(message)
+    report.raise_for_errors()
+    examples = build_examples(scan_for_training(cfg.data), cfg.data)
+    return BatchStream(examples, cfg.data, cfg.train.batch_size, cfg.train.seed)
+
+
+def build_inputs(base, cfg, warn: Callable[[str], None]):
+    from .inputs import LatentSource, TextSource
+
+    if cfg.data.cache_text_embeddings and cfg.lora.train_text_encoder:
+        warn("data.cache_text_embeddings is ignored while lora.train_text_encoder is on (its outputs change every step).")
+    latent_source = LatentSource(base.vae, cfg.data)
+    text_source = TextSource(base.tokenizer, base.text_encoder, cfg.data.cache_text_embeddings, cfg.lora.train_text_encoder)
+    return latent_source, text_source
 
 
 def build_run(cfg, warn: Callable[[str], None]) -> RunParts:
     import torch
 
-    from ..data.batches import BatchStream
-    from ..data.folder import scan_folder
     from ..models.loading import load_base_model
     from .optim import build_lr_scheduler, build_optimizer
 
-    examples = scan_folder(cfg.data)  # data errors before the slow model load
-    plan = plan_steps(len(examples), cfg.train)
+    stream = build_stream(cfg, warn)  # data errors before the slow model load
+    plan = plan_steps(len(stream.examples), cfg.train, stream.batches_per_epoch)
     accelerator = make_accelerator(cfg.train)
     base = load_base_model(cfg.model)
     groups = prepare_model(base, cfg, accelerator)
@@ -114,6 +139,6 @@ def build_run(cfg, warn: Callable[[str], None]) -> RunParts:
     base.unet, optimizer = prepared[0], prepared[-1]
     if cfg.lora.train_text_encoder:
         base.text_encoder = prepared[1]
-    stream = BatchStream(examples, cfg.data, cfg.train.batch_size, cfg.train.seed)
     generator = torch.Generator().manual_seed(cfg.train.seed)
-    return RunParts(accelerator, base, stream, plan, optimizer, lr_scheduler, generator)
+    latent_source, text_source = build_inputs(base, cfg, warn)
+    return RunParts(accelerator, base, stream, plan, optimizer, lr_scheduler, generator, latent_source, text_source)

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import torch
 
-from ..events import EventSink, Finished, Saved, Started, Step, Warning_
+from ..events import DataSummary, EventSink, Finished, Saved, Started, Step, Warning_
 from ..lora.inject import count_parameters
 from .control import Control
 from .setup import RunParts, build_run
-from .step import diffusion_loss, encode_latents, encode_text, sample_noise, sample_timesteps, tokenize
+from .step import diffusion_loss, sample_noise, sample_timesteps
 
 
 class Trainer:
@@ -70,13 +70,9 @@ class Trainer:
         base, generator = parts.base, parts.generator
         batch = parts.stream.batch(self.micro_batch)
         self.micro_batch += 1
-        pixels = torch.from_numpy(batch.pixels)
         with parts.accelerator.autocast():
-            with torch.no_grad():
-                latents = encode_latents(base.vae, pixels, generator)
-            input_ids = tokenize(base.tokenizer, batch.captions)
-            with torch.set_grad_enabled(cfg.lora.train_text_encoder):
-                hidden = encode_text(base.text_encoder, input_ids)
+            latents = parts.latent_source.latents(batch, generator)
+            hidden = parts.text_source.hidden_states(batch.captions)
             noise = sample_noise(latents, generator, cfg.train.noise_offset)
             timesteps = sample_timesteps(
                 latents.shape[0], generator, base.noise_scheduler.config.num_train_timesteps, latents.device
@@ -102,6 +98,9 @@ class Trainer:
                 output_dir=str(self.run_dir),
             )
         )
+        stream = parts.stream
+        buckets = [[w, h, n] for (w, h), n in stream.bucket_histogram()]
+        self.emit(DataSummary(len(stream.examples), stream.samples_per_epoch, stream.batches_per_epoch, buckets))
 
     def _report(self, step: int, loss: float, it_per_s: float) -> None:
         epoch = (self.micro_batch - 1) // self.parts.stream.batches_per_epoch

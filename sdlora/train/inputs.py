@@ -1,0 +1,103 @@
+"""Model inputs of a batch: latents (VAE, maybe cached) and text-encoder states (maybe cached).
+
+Cached or not, the training generator is drawn from in the same order and amount: one normal
+draw of the batch's latent shape for 'sample' latents, none for 'deterministic' latents.
+
+The frozen VAE and text encoder run one image / one caption at a time, cached or not: batched
+convolutions and matmuls round differently with the batch size (about 1e-6 here), so per-item
+encoding is what makes a cached value bit-identical to a fresh one, whatever batch it came from.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..data.cache import LatentCache, TextCache, latent_key, vae_fingerprint
+from .step import encode_text, tokenize
+
+
+def latents_from_distribution(mean, std, generator, mode: str, scaling_factor: float) -> torch.Tensor:
+    if mode == "deterministic":
+        return mean * scaling_factor
+    noise = torch.randn(mean.shape, generator=generator, dtype=torch.float32).to(mean.device, mean.dtype)
+    return (mean + std * noise) * scaling_factor
+
+
+def default_cache_dir() -> Path:
+    from ..models.loading import sdlora_home
+
+    return sdlora_home() / "cache" / "latents"
+
+
+class LatentSource:
+    def __init__(self, vae, data_cfg):
+        self.vae = vae
+        self.mode = data_cfg.latents
+        self.background = data_cfg.background  # part of the cache key (the batch loads with it)
+        self.cache = None
+        if data_cfg.cache_latents != "off":
+            folder = Path(data_cfg.cache_dir) if data_cfg.cache_dir else default_cache_dir()
+            self.cache = LatentCache(data_cfg.cache_latents, folder)
+            self.vae_id = vae_fingerprint(vae)
+
+    def _encode_each(self, pixels: torch.Tensor) -> list:
+        """[(mean, std)] per image, each encoded on its own (see the module note)."""
+        result = []
+        for row in pixels.to(self.vae.device, self.vae.dtype):
+            dist = self.vae.encode(row[None]).latent_dist
+            result.append((dist.mean[0], dist.std[0]))
+        return result
+
+    def distribution(self, batch):
+        """(mean, std) of the batch, from the cache where possible."""
+        if self.cache is None:
+            found = self._encode_each(torch.from_numpy(batch.pixels))
+        else:
+            found = self._cached_distribution(batch)
+        device, dtype = self.vae.device, self.vae.dtype
+        mean = torch.stack([m.to(device, dtype) for m, _ in found])
+        std = torch.stack([s.to(device, dtype) for _, s in found])
+        return mean, std
+
+    def _cached_distribution(self, batch) -> list:
+        keys = [latent_key(item, self.background, self.vae_id) for item in batch.items]
+        found = [self.cache.get(key) for key in keys]
+        missing = [i for i, entry in enumerate(found) if entry is None]
+        if missing:
+            fresh = self._encode_each(torch.from_numpy(batch.subset(missing).pixels))
+            for i, (mean, std) in zip(missing, fresh):
+                self.cache.put(keys[i], mean, std)
+                found[i] = (mean, std)
+        return found
+
+    @torch.no_grad()
+    def latents(self, batch, generator) -> torch.Tensor:
+        mean, std = self.distribution(batch)
+        return latents_from_distribution(mean, std, generator, self.mode, self.vae.config.scaling_factor)
+
+
+class TextSource:
+    def __init__(self, tokenizer, text_encoder, cache_enabled: bool, text_encoder_trained: bool):
+        self.tokenizer = tokenizer
+        self.text_encoder = text_encoder
+        self.trained = text_encoder_trained
+        self.cache = TextCache() if cache_enabled and not text_encoder_trained else None
+
+    def _encode_each(self, captions: list[str]) -> list:
+        with torch.no_grad():
+            return [encode_text(self.text_encoder, tokenize(self.tokenizer, [c]))[0] for c in captions]
+
+    def hidden_states(self, captions: list[str]) -> torch.Tensor:
+        if self.trained:  # the text encoder learns: batched, with gradients, never cached
+            return encode_text(self.text_encoder, tokenize(self.tokenizer, captions))
+        if self.cache is None:
+            return torch.stack(self._encode_each(captions))
+        found = [self.cache.get(caption) for caption in captions]
+        missing = sorted({c for c, h in zip(captions, found) if h is None})
+        if missing:
+            fresh = dict(zip(missing, self._encode_each(missing)))
+            for caption, states in fresh.items():
+                self.cache.put(caption, states)
+            found = [fresh[c] if h is None else h for c, h in zip(captions, found)]
+        return torch.stack(found)
