@@ -142,9 +142,10 @@ def _config_for(args):
 
 
 def cmd_lint(args) -> int:
+    from .data.dreambooth import effective_data_config
     from .data.lint import lint_dataset
 
-    report = lint_dataset(_config_for(args).data)
+    report = lint_dataset(effective_data_config(_config_for(args)))
     print(report.format())
     return 1 if report.errors else 0
 

@@ -43,6 +43,8 @@ class Step(Event):
     loss: float
     lr: float
     it_per_s: float
+    instance_loss: float | None = None  # DreamBooth prior preservation: the two parts of `loss`
+    prior_loss: float | None = None
     type: str = field(init=False, default="step")
 
 
@@ -51,6 +53,21 @@ class Sampled(Event):
     step: int
     paths: list
     type: str = field(init=False, default="sampled")
+
+
+@dataclass
+class ClassImages(Event):
+    folder: str
+    generated: int
+    reused: int
+    type: str = field(init=False, default="class_images")
+
+
+@dataclass
+class Validation(Event):
+    step: int
+    loss: float
+    type: str = field(init=False, default="validation")
 
 
 @dataclass

@@ -141,5 +141,11 @@ def test_trainer_saves_checked_kohya_file(tmp_path):
     assert all(k.startswith(("lora_unet_", "lora_te_")) for k in keys)
     meta, _ = _metadata(path)
     assert (meta["ss_steps"], meta["ss_output_name"], meta["modelspec.trigger_phrase"]) == ("2", "shapes", "shp")
-    assert json.loads(meta["ss_tag_frequency"])
+    from collections import Counter
+
+    from sdlora.demo.shapes import DEMO_DATASETS
+
+    captions = Counter(scene.caption for scene in DEMO_DATASETS["demo-shapes"])  # one tag each: no commas
+    assert json.loads(meta["ss_tag_frequency"]) == {"demo-shapes": dict(captions)}
+    assert json.loads(meta["ss_dataset_dirs"]) == {"demo-shapes": {"n_repeats": 1, "img_count": 8}}
     assert read_lora_file(path).family == "sd15"

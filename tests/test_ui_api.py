@@ -33,14 +33,14 @@ def test_create_upload_caption_train_preview_export(running_app, tmp_path):
     images = sorted(sources.glob("*.png"))
     gallery, tags, plan = client.predict([handle_file(str(p)) for p in images], api_name="/upload_images")
     assert len(gallery) == 4 and len(list((new_root / "images").glob("*.png"))) == 4
-    assert "4 image(s)" in plan
+    assert "in 4 image(s)" in plan
 
-    assert "Missing captions" in plan  # uploads come without captions; the plan says so
+    assert "4 image(s) have no caption" in plan  # uploads come without captions; the lint report says so
     for image in sorted((new_root / "images").glob("*.png")):
         client.predict(image.name, f"sks, shape {image.stem}", api_name="/set_caption")
         assert image.with_suffix(".txt").read_text() == f"sks, shape {image.stem}\n"
     _, tags, plan = client.predict("", "", "", "", api_name="/bulk_caption")
-    assert ["sks", 4] in tags["data"] and "Missing captions" not in plan
+    assert ["sks", 4] in tags["data"] and "have no caption" not in plan and "**Plan: 8 steps**" in plan
 
     run_dir = Path(client.predict(api_name="/start_training"))
     assert run_dir.parent == (new_root / "runs").resolve()

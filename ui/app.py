@@ -241,8 +241,12 @@ def _dataset_tab(root_state) -> list:
         bulk_button = gr.Button("Apply to all captions")
     with gr.Row():
         tags = gr.Dataframe(headers=["tag", "count"], label="Tag frequency", interactive=False)
-        plan = gr.Markdown()
+        with gr.Column(scale=2):
+            plan = gr.Markdown(elem_id="dataset-plan")
+            full_plan = gr.Button("Full plan (LR curve and memory estimate)", size="sm")
     outputs = [gallery, tags, plan]
+    full_plan.click(_user_errors(lambda root: plan_markdown(_project(root), full=True)), [root_state], [plan],
+                    api_name="full_plan")
     upload.upload(upload_images, [root_state, upload], outputs, api_name="upload_images")
     import_button.click(import_folder, [root_state, folder_box], outputs, api_name="import_folder")
     gallery.select(select_image, [root_state], [name_box, caption_box])

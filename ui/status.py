@@ -29,29 +29,26 @@ def describe_model(path: str) -> str:
     return f"**Model:** family `{family}` ({FAMILY_NAMES[family]})."
 
 
-def plan_markdown(project) -> str:
-    """Images, captions and the step math of the project's config, before any model work."""
-    from sdlora.data.folder import scan_folder
-    from sdlora.train.setup import plan_steps
+def plan_markdown(project, full: bool = False) -> str:
+    """The lint report and the dry-run plan of the project's config (what `sdlora lint` / `plan` print).
+
+    `full` adds the LR curve and the memory estimate, which import torch; the quick form does not.
+    """
+    from sdlora.data.lint import lint_dataset
+    from sdlora.data.plan import format_plan, make_plan
 
     cfg = project.load_config()
-    images = project.image_files()
-    missing = [p.name for p in images if not p.with_suffix(cfg.data.caption_extension).is_file()]
-    lines = [f"**Dataset:** {len(images)} image(s), {len(images) - len(missing)} with captions."]
-    if missing:
-        lines.append(f"Missing captions: {', '.join(missing[:8])}{' …' if len(missing) > 8 else ''} "
-                     f"(data.missing_caption = `{cfg.data.missing_caption}`).")
+    report = lint_dataset(cfg.data)
+    parts = [f"**Lint:** {len(report.errors)} error(s), {len(report.warnings)} warning(s)"
+             f" in {report.images_checked} image(s)."]
+    if report.issues:
+        parts.append("```\n" + report.format() + "\n```")
     try:
-        examples = scan_folder(cfg.data)
+        plan = make_plan(cfg, with_lr=full, with_memory=full)
     except SdloraError as exc:
-        return "\n\n".join(lines + [f"⚠️ {exc}"])
-    plan = plan_steps(len(examples), cfg.train)
-    lines.append(
-        f"**Plan:** {plan.num_images} images, batch {cfg.train.batch_size} × accumulation "
-        f"{cfg.train.gradient_accumulation} → {plan.steps_per_epoch:g} steps/epoch, "
-        f"**{plan.total_steps} steps** over {plan.epochs} epoch(s)."
-    )
-    return "\n\n".join(lines)
+        return "\n\n".join(parts + [f"**Plan:** {exc}"])
+    parts.append(f"**Plan: {plan.total_steps} steps**\n```\n{format_plan(plan)}\n```")
+    return "\n\n".join(parts)
 
 
 def progress_html(view) -> str:

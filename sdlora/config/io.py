@@ -15,7 +15,7 @@ from .schema import CONFIG_VERSION, SECTION_NAMES, TrainConfig
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent.parent / "presets"
 # Options holding filesystem paths: relative values in a config file are taken from that file's folder.
-PATH_OPTIONS = ("model.path", "data.path")
+PATH_OPTIONS = ("model.path", "data.path", "dreambooth.class_data_dir", "validation.path")
 
 
 def options() -> list[OptionInfo]:
@@ -158,6 +158,7 @@ def check_consistency(cfg: TrainConfig) -> None:
         )
     if cfg.sample.size % 8:
         raise ConfigError(f"sample.size = {cfg.sample.size} must be a multiple of 8.")
+    check_dreambooth(cfg.dreambooth)
     if cfg.data.missing_caption == "default" and not cfg.data.default_caption.strip():
         raise ConfigError(
             "data.missing_caption = 'default' needs data.default_caption to be set to a caption."
@@ -181,6 +182,18 @@ def _check_data_sources(data) -> None:
     if data.min_bucket_side and data.max_bucket_side and data.min_bucket_side > data.max_bucket_side:
         raise ConfigError(
             f"data.min_bucket_side = {data.min_bucket_side} is larger than data.max_bucket_side = {data.max_bucket_side}."
+        )
+
+
+def check_dreambooth(db) -> None:
+    if not db.enabled:
+        return
+    if not db.instance_prompt.strip():
+        raise ConfigError("dreambooth.enabled needs dreambooth.instance_prompt, e.g. 'a photo of sks dog'.")
+    if db.prior_preservation and not db.class_prompt.strip() and not db.class_data_dir:
+        raise ConfigError(
+            "dreambooth.prior_preservation needs dreambooth.class_prompt (e.g. 'a photo of a dog') to caption and "
+            "generate class images, or dreambooth.class_data_dir with captioned class images."
         )
 
 

@@ -12,16 +12,28 @@ from .metadata import TrainingInfo, build_metadata
 from .shapes import shape_of_models
 
 
-def tag_frequency(examples, folder_name: str) -> dict:
-    """{dataset folder: {tag: count}} from comma-separated captions (A1111's "training tags")."""
-    counts = collections.Counter(
-        tag.strip() for example in examples for tag in example.caption.split(",") if tag.strip()
-    )
-    return {folder_name: dict(counts)}
+def tag_frequency(examples) -> dict:
+    """{dataset folder: {tag: count}} from the raw comma-separated captions (A1111's "training tags")."""
+    counts: dict = collections.defaultdict(collections.Counter)
+    for example in examples:
+        record = example.record
+        counts[record.dataset.folder.name].update(
+            tag.strip() for tag in (record.caption or "").split(",") if tag.strip()
+        )
+    return {folder: dict(tags) for folder, tags in counts.items()}
+
+
+def dataset_dirs(examples) -> dict:
+    """{dataset folder: {n_repeats, img_count}} as kohya writes ss_dataset_dirs."""
+    dirs: dict = {}
+    for example in examples:
+        record = example.record
+        entry = dirs.setdefault(record.path.parent.name, {"n_repeats": record.repeats, "img_count": 0})
+        entry["img_count"] += 1
+    return dirs
 
 
 def training_info(cfg, step: int, epoch: int, started_at: float, examples=()) -> TrainingInfo:
-    folder = Path(cfg.data.path).name or cfg.data.path
     return TrainingInfo(
         output_name=cfg.save.output_name,
         base_model_name=cfg.model.path,
@@ -29,8 +41,8 @@ def training_info(cfg, step: int, epoch: int, started_at: float, examples=()) ->
         steps=step,
         epoch=epoch,
         started_at=started_at,
-        tag_frequency=tag_frequency(examples, folder),
-        dataset_dirs={folder: {"n_repeats": 1, "img_count": len(examples)}},
+        tag_frequency=tag_frequency(examples),
+        dataset_dirs=dataset_dirs(examples),
         num_images=len(examples),
         trigger_words=list(cfg.save.trigger_words),
     )

@@ -36,14 +36,28 @@ class ProgressBar:
         elif event.type == "step" and self._bar is not None:
             self._bar.update(event.step - self._bar.n)
             self._bar.set_postfix(loss=f"{event.loss:.4f}", lr=f"{event.lr:.2e}")
-        elif event.type in ("saved", "sampled", "warning"):
-            message = getattr(event, "message", None) or getattr(event, "path", None) or event.paths[-1]
-            (self._bar.write if self._bar is not None else print)(f"{event.type}: {message}")
-        elif event.type == "data":
-            sizes = ", ".join(f"{w}x{h}: {n}" for w, h, n in event.buckets)
-            print(f"data: {event.num_images} images, {event.samples_per_epoch} samples/epoch, buckets {sizes}")
-        elif event.type in ("finished", "failed") and self._bar is not None:
-            self._bar.close()
+        elif event.type in ("finished", "failed"):
+            if self._bar is not None:
+                self._bar.close()
+        else:
+            line = describe(event)
+            (self._bar.write if self._bar is not None else print)(line)
+
+
+def describe(event: Event) -> str:
+    """One line for the events that are not progress."""
+    if event.type == "data":
+        sizes = ", ".join(f"{w}x{h}: {n}" for w, h, n in event.buckets)
+        return f"data: {event.num_images} images, {event.samples_per_epoch} samples/epoch, buckets {sizes}"
+    if event.type == "class_images":
+        return f"class images: {event.generated} generated, {event.reused} reused in {event.folder}"
+    if event.type == "validation":
+        return f"validation loss at step {event.step}: {event.loss:.5f}"
+    if event.type == "sampled":
+        return f"sampled: {event.paths[-1]}"
+    if event.type == "saved":
+        return f"saved: {event.path}"
+    return f"{event.type}: {getattr(event, 'message', '')}"
 
 
 def run_training(cfg: TrainConfig, run_dir: Path, progress: bool = True, extra_sink: EventSink | None = None) -> Path:

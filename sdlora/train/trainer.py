@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from ..events import DataSummary, EventSink, Finished, Saved, Started, Step, Warning_
+from ..events import ClassImages, DataSummary, EventSink, Finished, Sampled, Saved, Started, Step, Validation, Warning_
 from ..lora.inject import count_parameters
 from .control import Control
 from .setup import RunParts, build_run
@@ -34,41 +34,48 @@ class Trainer:
             if self.control.take("stop"):
                 stopped = True
                 break
-            loss = self.optimizer_step()
+            losses = self.optimizer_step()
             step += 1
             now = time.time()
-            self._report(step, loss, 1.0 / max(now - tick, 1e-9))
+            self._report(step, losses, 1.0 / max(now - tick, 1e-9))
             tick = now
-            if step < total:  # the last step is saved and sampled below, once
+            if step < total:  # the last step is saved, sampled and validated below, once
                 self._maybe_save(step, final=False)
                 self._maybe_sample(step, final=False)
+                self._maybe_validate(step, final=False)
         path = self._maybe_save(step, final=True)
         self._maybe_sample(step, final=True)
+        self._maybe_validate(step, final=True)
         self.emit(Finished(step=step, path=str(path), stopped_early=stopped, seconds=time.time() - started_at))
         return path
 
-    def optimizer_step(self) -> float:
-        """gradient_accumulation micro-batches, then one optimizer step; returns the mean loss."""
+    def optimizer_step(self) -> dict:
+        """gradient_accumulation micro-batches, then one optimizer step; returns the mean losses."""
         parts, cfg = self.parts, self.cfg
         trained = [parts.base.unet] + ([parts.base.text_encoder] if cfg.lora.train_text_encoder else [])
-        losses = []
+        totals: dict = {}
         for _ in range(cfg.train.gradient_accumulation):
             with parts.accelerator.accumulate(*trained):
-                loss = self.micro_step()
+                loss, logged = self.micro_step()
                 parts.accelerator.backward(loss)
                 if parts.accelerator.sync_gradients and cfg.optim.max_grad_norm > 0:
                     params = [p for group in parts.optimizer.param_groups for p in group["params"]]
                     parts.accelerator.clip_grad_norm_(params, cfg.optim.max_grad_norm)
                 parts.optimizer.step()
                 parts.optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.item())
+            for name, value in logged.items():
+                totals[name] = totals.get(name, 0.0) + value
         parts.lr_scheduler.step()
-        return sum(losses) / len(losses)
+        return {name: value / cfg.train.gradient_accumulation for name, value in totals.items()}
 
-    def micro_step(self) -> torch.Tensor:
+    def micro_step(self) -> tuple[torch.Tensor, dict]:
+        """Loss of the next micro-batch, and the floats to log ('loss', and the DreamBooth parts)."""
         parts, cfg = self.parts, self.cfg
         base, generator = parts.base, parts.generator
         batch = parts.stream.batch(self.micro_batch)
+        instances = len(batch.items)
+        if parts.prior is not None:
+            batch = parts.prior.paired(batch, self.micro_batch)
         self.micro_batch += 1
         with parts.accelerator.autocast():
             latents = parts.latent_source.latents(batch, generator)
@@ -77,10 +84,14 @@ class Trainer:
             timesteps = sample_timesteps(
                 latents.shape[0], generator, base.noise_scheduler.config.num_train_timesteps, latents.device
             )
-            loss, _ = diffusion_loss(
+            loss, per_example = diffusion_loss(
                 base.unet, base.noise_scheduler, latents, hidden, noise, timesteps, cfg.train.min_snr_gamma
             )
-        return loss
+        if parts.prior is None:
+            return loss, {"loss": loss.item()}
+        instance_loss, prior_loss = per_example[:instances].mean(), per_example[instances:].mean()
+        loss = instance_loss + cfg.dreambooth.prior_loss_weight * prior_loss
+        return loss, {"loss": loss.item(), "instance_loss": instance_loss.item(), "prior_loss": prior_loss.item()}
 
     def _announce(self) -> None:
         parts = self.parts
@@ -101,13 +112,21 @@ class Trainer:
         stream = parts.stream
         buckets = [[w, h, n] for (w, h), n in stream.bucket_histogram()]
         self.emit(DataSummary(len(stream.examples), stream.samples_per_epoch, stream.batches_per_epoch, buckets))
+        if parts.class_images is not None:
+            found = parts.class_images
+            self.emit(ClassImages(folder=str(found.folder), generated=found.generated, reused=found.reused))
 
-    def _report(self, step: int, loss: float, it_per_s: float) -> None:
+    def _report(self, step: int, losses: dict, it_per_s: float) -> None:
         epoch = (self.micro_batch - 1) // self.parts.stream.batches_per_epoch
         lr = self.parts.lr_scheduler.get_last_lr()[0]
-        self.emit(
-            Step(step=step, total=self.parts.plan.total_steps, epoch=epoch, loss=loss, lr=lr, it_per_s=it_per_s)
-        )
+        self.emit(Step(step=step, total=self.parts.plan.total_steps, epoch=epoch, lr=lr, it_per_s=it_per_s, **losses))
+
+    def _maybe_validate(self, step: int, final: bool) -> None:
+        validation = self.parts.validation
+        if validation is None or not (final or step % self.cfg.validation.every_n_steps == 0):
+            return
+        unwrapped = _Unwrapped(self.parts)
+        self.emit(Validation(step=step, loss=validation.loss(unwrapped.unet, unwrapped.text_encoder)))
 
     def adapter_path(self, step: int | None) -> Path:
         name = self.cfg.save.output_name
@@ -136,7 +155,6 @@ class Trainer:
         due = final or (every and step % every == 0) or self._epoch_ended(sample_cfg.every_n_epochs)
         if not (due or self.control.take("sample")):
             return
-        from ..events import Sampled
         from ..sample import render_previews
 
         paths = render_previews(_Unwrapped(self.parts), self.cfg, step, self.run_dir / "samples", self.parts.accelerator)
