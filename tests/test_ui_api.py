@@ -53,6 +53,7 @@ def test_create_upload_caption_train_preview_export(running_app, tmp_path):
     progress, losses, previews, state = wait_for(progressed)
     assert 'data-step="8" data-total="8"' in progress
     assert [row[0] for row in losses["data"]] == list(range(1, 9))
+    assert {row[2] for row in losses["data"]} == {"train"}
     assert previews and all(Path(p["image"]).name.endswith(".png") for p in previews)
     assert (run_dir / "samples" / "step000004-00.png").is_file() and (run_dir / "samples" / "step000008-00.png").is_file()
 

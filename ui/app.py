@@ -150,16 +150,19 @@ def poll(root: str):
     """What the Train tab shows about the latest run; reading it from disk re-attaches after a reload."""
     latest = runs.latest_run(_project(root))
     if latest is None:
-        return progress_html(None), loss_frame([]), "", [], "idle"
+        return progress_html(None), loss_frame([], []), "", [], "idle"
     view = runs.read_run(latest)
-    return progress_html(view), loss_frame(view.losses), run_log(view), view.samples, view.state
+    return progress_html(view), loss_frame(view.losses, view.validation), run_log(view), view.samples, view.state
 
 
-def loss_frame(losses: list):
-    """Numeric columns even when empty: the plot keeps the axis type of its first data."""
+def loss_frame(losses: list, validation: list):
+    """Training and validation loss as one long table; numeric columns even when empty (the plot keeps
+    the axis type of its first data)."""
     import pandas as pd
 
-    return pd.DataFrame(losses, columns=["step", "loss"]).astype({"step": "int64", "loss": "float64"})
+    rows = [(s, v, "train") for s, v in losses] + [(s, v, "validation") for s, v in validation]
+    frame = pd.DataFrame(rows, columns=["step", "loss", "series"])
+    return frame.astype({"step": "int64", "loss": "float64", "series": "str"})
 
 
 # ---- Export tab ---------------------------------------------------------------------------------
@@ -272,7 +275,7 @@ def _train_tab(root_state, root: str) -> list:
     state = gr.Textbox(label="Run state", interactive=False, elem_id="run-state")
     progress = gr.HTML()
     with gr.Row():
-        loss_plot = gr.LinePlot(x="step", y="loss", title="Loss", height=260)
+        loss_plot = gr.LinePlot(x="step", y="loss", color="series", title="Loss", height=260)
         previews = gr.Gallery(label="Previews (newest first)", columns=4, height=260, elem_id="previews")
     log = gr.Textbox(label="Log", lines=8, max_lines=8, interactive=False, autoscroll=True)
     notice = gr.Markdown()

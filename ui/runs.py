@@ -74,6 +74,7 @@ class RunView:
     total: int = 0
     it_per_s: float = 0.0
     losses: list = field(default_factory=list)  # (step, loss)
+    validation: list = field(default_factory=list)  # (step, validation loss)
     samples: list = field(default_factory=list)  # newest round first
     saved: list = field(default_factory=list)
     messages: list = field(default_factory=list)
@@ -103,6 +104,10 @@ def _apply(view: RunView, event: dict) -> None:
     elif kind == "step":
         view.step, view.total, view.it_per_s = event["step"], event["total"], event["it_per_s"]
         view.losses.append((event["step"], event["loss"]))
+    elif kind == "validation":
+        view.validation.append((event["step"], event["loss"]))
+    elif kind == "class_images":
+        view.messages.append(f"class images: {event['generated']} generated, {event['reused']} reused")
     elif kind == "sampled":
         view.samples = [p for p in event["paths"] if not p.endswith("-grid.png")] + view.samples
     elif kind == "saved":

@@ -69,6 +69,10 @@ def run_log(view) -> str:
     if view.losses:
         step, loss = view.losses[-1]
         lines.append(f"step {step}: loss {loss:.4f}")
+    if view.validation:
+        step, loss = view.validation[-1]
+        best_step, best = min(view.validation, key=lambda item: item[1])
+        lines.append(f"validation loss at step {step}: {loss:.5f} (best {best:.5f} at step {best_step})")
     if view.error:
         lines.append("ERROR: " + view.error)
     return "\n".join(lines)
