@@ -12,8 +12,13 @@ def inference_pipeline(model):
     import diffusers
     from diffusers import DiffusionPipeline, StableDiffusionPipeline
 
-    scheduler_class = DiffusionPipeline.load_config(model.folder)["scheduler"][1]
-    scheduler = getattr(diffusers, scheduler_class).from_pretrained(model.folder, subfolder="scheduler")
+    if Path(model.folder).is_file():  # a single-file checkpoint: its scheduler from metadata / shipped config
+        from .models.single_file import load_scheduler
+
+        scheduler = load_scheduler(model.folder, model.family)
+    else:
+        scheduler_class = DiffusionPipeline.load_config(model.folder)["scheduler"][1]
+        scheduler = getattr(diffusers, scheduler_class).from_pretrained(model.folder, subfolder="scheduler")
     pipe = StableDiffusionPipeline(
         vae=model.vae,
         text_encoder=model.text_encoder,
