@@ -8,7 +8,14 @@ Read configs come from the file's sdlora metadata, else the shipped standard con
 built from the shipped CLIP vocabulary. Nothing touches the network.
 """
 from .keys import detect_family_from_keys, to_ldm_state_dict
-from .read import SingleFile, load_scheduler, load_single_file, peek_family, read_metadata, read_tensors
+from .read import (
+    SingleFile,
+    load_scheduler,
+    load_single_file,
+    peek_family,
+    read_metadata,
+    read_tensors,
+)
 from .write import write_single_file
 
 __all__ = [

@@ -62,7 +62,10 @@ def build_vae(state: dict, config: dict, torch_dtype=None):
 
 def build_text_encoder(state: dict, config: dict, prefix: str, kind: str, family: str, with_projection: bool,
                        torch_dtype=None):
-    from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint, convert_open_clip_checkpoint
+    from diffusers.loaders.single_file_utils import (
+        convert_ldm_clip_checkpoint,
+        convert_open_clip_checkpoint,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     model_class = CLIPTextModelWithProjection if with_projection else CLIPTextModel

@@ -18,7 +18,7 @@ from ...errors import ModelError
 from .keys import UNET_PREFIX, VAE_PREFIX, base_family
 
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "configs"
-TEXT_TOKENS = dict(vocab_size=49408, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
+TEXT_TOKENS = {"vocab_size": 49408, "bos_token_id": 49406, "eos_token_id": 49407, "pad_token_id": 49407}
 
 
 @functools.lru_cache(maxsize=4)

@@ -67,7 +67,7 @@ def read_metadata(path: Path) -> dict:
     try:
         with safe_open(str(path), framework="pt") as handle:
             return dict(handle.metadata() or {})
-    except Exception as exc:  # safetensors raises its own error type, OSError or ValueError
+    except Exception as exc:  # noqa: BLE001  (safetensors raises its own error type, OSError, ValueError)
         raise _unreadable(path, exc) from None
 
 
@@ -84,7 +84,7 @@ def _read_safetensors(path: Path) -> tuple[dict, dict]:
     metadata = read_metadata(path)
     try:
         return load_file(str(path)), metadata
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001  (as in read_metadata)
         raise _unreadable(path, exc) from None
 
 
@@ -190,7 +190,7 @@ def peek_family(path, allow_pickle: bool = False) -> str:
         try:
             with safe_open(str(path), framework="pt") as handle:
                 keys, metadata = list(handle.keys()), dict(handle.metadata() or {})
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001  (as in read_metadata)
             raise _unreadable(path, exc) from None
         state = dict.fromkeys(keys)
     else:
