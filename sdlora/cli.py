@@ -73,6 +73,20 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("-o", "--output", type=Path, required=True, help="File to write (.safetensors).")
     _add_model_arguments(export)
 
+    convert = commands.add_parser(
+        "convert", help="Convert a base model: diffusers folder <-> single-file .safetensors (original A1111 layout)."
+    )
+    convert.add_argument("model", help="Diffusers folder, builtin:NAME, or single-file checkpoint (.safetensors/.ckpt).")
+    convert.add_argument("-o", "--output", type=Path, required=True,
+                         help="OUT.safetensors writes one original-layout file; any other name a diffusers folder.")
+    convert.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), help="Cast the weights (default: keep).")
+    convert.add_argument("--family", choices=("sd15", "sd2", "sd2-v", "sdxl"),
+                         help="Family when reading a single file (default: from its keys and metadata).")
+    convert.add_argument("--prediction-type", choices=("epsilon", "v_prediction"),
+                         help="For an SD2 file that does not say (default: v_prediction, as diffusers).")
+    convert.add_argument("--allow-pickle", action="store_true",
+                         help="Read a pickle .ckpt (weights only); write it as .safetensors to stop needing this.")
+
     check = commands.add_parser("check", help="Check that a LoRA file loads completely in diffusers and A1111.")
     check.add_argument("file", type=Path)
     _add_model_arguments(check)
@@ -101,6 +115,13 @@ def cmd_check(args) -> int:
     report = check_lora_file(args.file, shape_for_base(args.base, args.family), args.family)
     print(report.text())
     return 0 if report.ok else 1
+
+
+def cmd_convert(args) -> int:
+    from .models.single_file.convert import convert_model
+
+    print(convert_model(args.model, args.output, args.dtype, args.family, args.prediction_type, args.allow_pickle))
+    return 0
 
 
 def cmd_train(args) -> int:
@@ -212,6 +233,7 @@ COMMANDS = {
     "check": cmd_check,
     "lint": cmd_lint,
     "plan": cmd_plan,
+    "convert": cmd_convert,
 }
 
 

@@ -84,11 +84,15 @@ def _typed(name: str, raw: str, line: str):
     return value
 
 
-def model_scheduler(folder: Path):
+def model_scheduler(folder: Path, family: str = "sd15"):
     """The scheduler saved with the model: what `DiffusionPipeline.from_pretrained` would use."""
     import diffusers
     from diffusers import DiffusionPipeline
 
+    if Path(folder).is_file():  # a single-file checkpoint: its scheduler from metadata / shipped config
+        from .models.single_file import load_scheduler
+
+        return load_scheduler(folder, family)
     class_name = DiffusionPipeline.load_config(folder)["scheduler"][1]
     return getattr(diffusers, class_name).from_pretrained(folder, subfolder="scheduler")
 
@@ -108,7 +112,7 @@ def inference_pipeline(model):
 
     pipe = StableDiffusionPipeline(
         vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer, unet=model.unet,
-        scheduler=model_scheduler(model.folder), safety_checker=None, feature_extractor=None,
+        scheduler=model_scheduler(model.folder, model.family), safety_checker=None, feature_extractor=None,
         requires_safety_checker=False,
     )
     pipe.set_progress_bar_config(disable=True)
@@ -185,7 +189,12 @@ def render_strength_sweep(base: str, adapter: Path, previews: list[PreviewPrompt
     from .models.loading import resolve_model_path
 
     folder = resolve_model_path(base)
-    pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
+    if folder.is_file():
+        from .models.single_file import load_single_file
+
+        pipe = load_single_file(folder).pipeline()
+    else:
+        pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     adapter = Path(adapter)
     pipe.load_lora_weights(str(adapter.parent), weight_name=adapter.name, adapter_name="sweep")

@@ -81,8 +81,9 @@ def test_folder_that_is_not_a_model_and_single_file(tmp_path):
         resolve_model_path(str(tmp_path))
     single = tmp_path / "model.safetensors"
     single.write_bytes(b"x")
-    with pytest.raises(ModelError, match="single-file checkpoint"):
-        resolve_model_path(str(single))
+    assert resolve_model_path(str(single)) == single  # single files are read (tests/test_single_file.py)
+    with pytest.raises(ModelError, match="not a readable .safetensors file"):
+        load_base_model(ModelSection(path=str(single)))
 
 
 def test_sdxl_training_is_refused_clearly(tmp_path):

@@ -23,7 +23,8 @@ LR_SCHEDULERS = (
 class ModelSection:
     path: str = option(
         "",
-        "Base model: a diffusers folder, a hub id (needs a local cache when offline), or "
+        "Base model: a diffusers folder, a single-file checkpoint (.safetensors in the original "
+        "A1111/ComfyUI layout, read offline), a hub id (needs a local cache when offline), or "
         "'builtin:tiny-sd15' / 'builtin:tiny-sd2-v' for the built-in tiny test models.",
     )
     family: str = option(
@@ -34,8 +35,16 @@ class ModelSection:
     )
     prediction_type: str = option(
         "auto",
-        "What the UNet predicts; 'auto' reads the scheduler config (v_prediction for SD2 768-v).",
+        "What the UNet predicts; 'auto' reads the scheduler config (v_prediction for SD2 768-v), or a "
+        "single file's metadata (an SD2 file that does not say is taken as 768-v, as diffusers does).",
         choices=("auto", "epsilon", "v_prediction"),
+        advanced=True,
+    )
+    allow_pickle: bool = option(
+        False,
+        "Allow a pickle checkpoint (.ckpt) as model.path. Pickle files can run code when opened; "
+        "sdlora reads them weights-only (torch.load weights_only=True), but prefer converting to "
+        ".safetensors (sdlora convert) on a machine you trust.",
         advanced=True,
     )
 

@@ -1,4 +1,5 @@
-"""Which Stable Diffusion family a diffusers folder holds, read from its config files only.
+"""Which Stable Diffusion family a diffusers folder holds, read from its config files only
+(a single-file checkpoint: from its key names, see models.single_file).
 
 The signals are structural, so they hold for tiny test models as for real ones:
 SDXL conditions on size/crop ids ('text_time'); SD2's OpenCLIP text encoder uses 'gelu' where
@@ -30,6 +31,10 @@ def _read_json(path: Path) -> dict:
 
 def detect_family(folder: Path) -> str:
     folder = Path(folder)
+    if folder.is_file():  # a single-file checkpoint: from its key names (and metadata)
+        from .single_file import peek_family
+
+        return peek_family(folder)
     index = _read_json(folder / "model_index.json")
     unet = _read_json(folder / "unet" / "config.json")
     if unet.get("addition_embed_type") == "text_time" or "text_encoder_2" in index:
@@ -41,5 +46,7 @@ def detect_family(folder: Path) -> str:
 
 
 def prediction_type_of(folder: Path) -> str:
+    if Path(folder).is_file():
+        return "v_prediction" if detect_family(folder) == "sd2-v" else "epsilon"
     scheduler = _read_json(Path(folder) / "scheduler" / "scheduler_config.json")
     return scheduler.get("prediction_type", "epsilon")

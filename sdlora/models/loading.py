@@ -1,4 +1,5 @@
-"""Find and load a base model: builtin tiny models, diffusers folders, hub ids (cache only offline)."""
+"""Find and load a base model: builtin tiny models, diffusers folders, single-file checkpoints
+(original LDM layout, read offline), hub ids (cache only offline)."""
 from __future__ import annotations
 
 import os
@@ -38,10 +39,16 @@ def builtin_model_path(name: str) -> Path:
     return folder
 
 
-def resolve_model_path(path: str) -> Path:
-    """Turn model.path into a local diffusers folder, or raise ModelError saying what to do."""
+def resolve_model_path(path: str, allow_pickle: bool = False) -> Path:
+    """Turn model.path into a local diffusers folder or single-file checkpoint, or raise ModelError
+    saying what to do. Pickle checkpoints (.ckpt) pass only with allow_pickle (model.allow_pickle)."""
+    from .single_file.read import CONVERT_HINT, PICKLE_SUFFIXES
+
     if not path:
-        raise ModelError("model.path is empty: set it to a diffusers folder (or 'builtin:tiny-sd15' to try sdlora).")
+        raise ModelError(
+            "model.path is empty: set it to a diffusers folder or a .safetensors checkpoint "
+            "(or 'builtin:tiny-sd15' to try sdlora)."
+        )
     if path.startswith(BUILTIN_PREFIX):
         return builtin_model_path(path[len(BUILTIN_PREFIX) :])
     local = Path(path).expanduser()
@@ -49,18 +56,28 @@ def resolve_model_path(path: str) -> Path:
         if not (local / "model_index.json").is_file():
             raise ModelError(
                 f"{local} is a folder but not a diffusers model (no model_index.json). Point model.path at "
-                "the folder that contains model_index.json, unet/, vae/ and text_encoder/."
+                "the folder that contains model_index.json, unet/, vae/ and text_encoder/, or at a "
+                ".safetensors checkpoint."
             )
         return local
     if local.is_file():
+        suffix = local.suffix.lower()
+        if suffix == ".safetensors":
+            return local
+        if suffix in PICKLE_SUFFIXES:
+            if allow_pickle:
+                return local
+            raise ModelError(
+                f"{local} is a pickle checkpoint ({suffix}), which can run code when loaded: {CONVERT_HINT}. "
+                f"To convert: `sdlora convert {local} -o {local.with_suffix('.safetensors')} --allow-pickle`."
+            )
         raise ModelError(
-            f"{local} is a single-file checkpoint; loading single files is not supported yet. Convert it to a "
-            "diffusers folder (diffusers' convert_original_stable_diffusion_to_diffusers.py) and point "
-            "model.path at that folder."
+            f"{local} is not a model sdlora can read: point model.path at a diffusers folder, a .safetensors "
+            "single-file checkpoint or (with model.allow_pickle) a .ckpt."
         )
     if _HUB_ID.match(path) and not path.startswith((".", "/", "~")):
         return _hub_snapshot(path)
-    raise ModelError(f"Model path not found: {path}. Point model.path at a diffusers folder.")
+    raise ModelError(f"Model path not found: {path}. Point model.path at a diffusers folder or a .safetensors file.")
 
 
 def _hub_snapshot(repo_id: str) -> Path:
@@ -99,15 +116,41 @@ class BaseModel:
 
 def load_base_model(model_cfg) -> BaseModel:
     """Load the model named by the config's [model] section, with family and prediction type."""
-    folder = resolve_model_path(model_cfg.path)
+    folder = resolve_model_path(model_cfg.path, model_cfg.allow_pickle)
+    if folder.is_file():
+        return _load_single_file_model(folder, model_cfg)
     family = detect_family(folder) if model_cfg.family == "auto" else model_cfg.family
+    _refuse_sdxl(folder, family)
+    prediction_type = prediction_type_of(folder) if model_cfg.prediction_type == "auto" else model_cfg.prediction_type
+    return _load_sd_components(folder, family, prediction_type)
+
+
+def _refuse_sdxl(folder: Path, family: str) -> None:
     if family == "sdxl":
         raise ModelError(
             f"{folder} is an SDXL model ({FAMILY_NAMES['sdxl']}); SDXL training is not supported yet. "
             "Use an SD1.x or SD2.x model."
         )
-    prediction_type = prediction_type_of(folder) if model_cfg.prediction_type == "auto" else model_cfg.prediction_type
-    return _load_sd_components(folder, family, prediction_type)
+
+
+def _load_single_file_model(path: Path, model_cfg) -> BaseModel:
+    """A single-file checkpoint: family from its keys, components built offline (models.single_file)."""
+    from diffusers import DDPMScheduler
+
+    from .single_file import load_single_file, peek_family
+
+    family = model_cfg.family
+    if family == "auto" and path.suffix.lower() == ".safetensors":
+        _refuse_sdxl(path, peek_family(path))  # before reading gigabytes of weights
+    loaded = load_single_file(path, family, model_cfg.prediction_type, allow_pickle=model_cfg.allow_pickle)
+    _refuse_sdxl(path, loaded.family)
+    parts = loaded.components
+    noise_scheduler = DDPMScheduler.from_config(parts["scheduler"].config)
+    noise_scheduler.register_to_config(prediction_type=loaded.prediction_type)
+    return BaseModel(
+        path, loaded.family, loaded.prediction_type, parts["unet"], parts["vae"], parts["text_encoder"],
+        parts["tokenizer"], noise_scheduler, extra={"scheduler": parts["scheduler"]},
+    )
 
 
 def _load_sd_components(folder: Path, family: str, prediction_type: str) -> BaseModel:
