@@ -26,7 +26,8 @@ class ClassImageFolder:
 
 def generation_settings(cfg, model_folder: Path) -> dict:
     db = cfg.dreambooth
-    weights = sorted((Path(model_folder) / "unet").glob("*.safetensors"))
+    model_path = Path(model_folder)  # a diffusers folder, or a single-file checkpoint
+    weights = [model_path] if model_path.is_file() else sorted((model_path / "unet").glob("*.safetensors"))
     identity = [(str(p.resolve()), p.stat().st_size, int(p.stat().st_mtime)) for p in weights]
     return {
         "version": GENERATION_VERSION, "model": str(Path(model_folder).resolve()), "weights": identity,
