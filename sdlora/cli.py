@@ -14,28 +14,44 @@ EXIT_USER_ERROR = 2
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sdlora",
-        description="Train Stable Diffusion LoRAs (SD1.5 / SD2.x) from one config file.",
+        description="Train Stable Diffusion LoRAs (SD1.5 / SD2.x) from one config file, or open the web UI.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_config_commands(commands)
+    _add_file_commands(commands)
+    ui = commands.add_parser("ui", help="Open the web UI (the built-in demo project unless --project).")
+    ui.add_argument("--project", type=Path, help="Project folder (created when new); default: the demo project.")
+    ui.add_argument("--host", default="127.0.0.1", help="Address to bind (default 127.0.0.1: this machine only).")
+    ui.add_argument("--port", type=int, default=7860)
+    ui.add_argument("--auth", metavar="USER:PASSWORD", help="Require this login (use it when binding beyond localhost).")
+    commands.add_parser("options", help="List every config option with its default, allowed values and help.")
+    return parser
 
+
+def _add_config_arguments(sub) -> None:
+    sub.add_argument("config", nargs="?", help="TOML config file (a preset file works too).")
+    sub.add_argument("--preset", help="Start from presets/NAME.toml; the config file overlays it.")
+    sub.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                     help="Override one option, e.g. --set train.max_steps=200 (repeatable).")
+
+
+def _add_config_commands(commands) -> None:
+    """Commands over a training config: train, lint, plan, config."""
     train = commands.add_parser("train", help="Train a LoRA from a config file.")
-    train.add_argument("config", nargs="?", help="TOML config file (a preset file works too).")
-    train.add_argument("--preset", help="Start from presets/NAME.toml; the config file overlays it.")
-    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                       help="Override one option, e.g. --set train.max_steps=200 (repeatable).")
+    _add_config_arguments(train)
     train.add_argument("--output", type=Path, help="Run folder (default: runs/<output_name>-<time>).")
     train.add_argument("--quiet", action="store_true", help="No progress bar (events.jsonl is still written).")
+    for name, text in (("lint", "Check the dataset of a config (nothing is changed); exit 1 on errors."),
+                       ("plan", "Dry run: steps, buckets, captions, tags, LR curve, memory; no model compute."),
+                       ("config", "Print the fully resolved config (defaults + preset + file + --set).")):
+        sub = commands.add_parser(name, help=text)
+        _add_config_arguments(sub)
+        if name == "plan":
+            sub.add_argument("--json", action="store_true", help="Print the plan as JSON (what the UI shows).")
 
-    tiny = commands.add_parser("make-tiny-model", help="Write a tiny random-weight model (for tests and demos).")
-    tiny.add_argument("folder", type=Path)
-    tiny.add_argument("--family", default="sd15", choices=("sd15", "sd2-v", "sdxl"))
-    tiny.add_argument("--seed", type=int, default=0)
 
-    show = commands.add_parser("config", help="Print the fully resolved config (defaults + preset + file + --set).")
-    show.add_argument("config", nargs="?")
-    show.add_argument("--preset")
-    show.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
-
+def _add_file_commands(commands) -> None:
+    """Commands over model and LoRA files: sample, export, check, convert, make-tiny-model."""
     sample = commands.add_parser("sample", help="Render a saved adapter at several strengths as one grid.")
     sample.add_argument("adapter", type=Path)
     sample.add_argument("--prompt", action="append", required=True,
@@ -48,23 +64,6 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--size", type=int, default=512)
     sample.add_argument("-o", "--output", type=Path, required=True, help="Grid PNG to write (must not exist).")
 
-    ui = commands.add_parser("ui", help="Open the web UI (the built-in demo project unless --project).")
-    ui.add_argument("--project", type=Path, help="Project folder (created when new); default: the demo project.")
-    ui.add_argument("--host", default="127.0.0.1", help="Address to bind (default 127.0.0.1: this machine only).")
-    ui.add_argument("--port", type=int, default=7860)
-    ui.add_argument("--auth", metavar="USER:PASSWORD", help="Require this login (use it when binding beyond localhost).")
-
-    for name, text in (("lint", "Check the dataset of a config (nothing is changed); exit 1 on errors."),
-                       ("plan", "Dry run: steps, buckets, captions, tags, LR curve, memory; no model compute.")):
-        sub = commands.add_parser(name, help=text)
-        sub.add_argument("config", nargs="?")
-        sub.add_argument("--preset")
-        sub.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
-        if name == "plan":
-            sub.add_argument("--json", action="store_true", help="Print the plan as JSON (what the UI shows).")
-
-    commands.add_parser("options", help="List every config option with its default, allowed values and help.")
-
     export = commands.add_parser("export", help="Convert a LoRA file (any kohya/diffusers/PEFT layout) and check it.")
     export.add_argument("adapter", type=Path, help="LoRA .safetensors file to read.")
     export.add_argument("--format", default="kohya", choices=("kohya", "diffusers"),
@@ -72,7 +71,18 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--dtype", default="fp16", choices=("fp32", "fp16", "bf16"), help="Tensor precision.")
     export.add_argument("-o", "--output", type=Path, required=True, help="File to write (.safetensors).")
     _add_model_arguments(export)
+    check = commands.add_parser("check", help="Check that a LoRA file loads completely in diffusers and A1111.")
+    check.add_argument("file", type=Path)
+    _add_model_arguments(check)
+    _add_convert_command(commands)
 
+    tiny = commands.add_parser("make-tiny-model", help="Write a tiny random-weight model (for tests and demos).")
+    tiny.add_argument("folder", type=Path)
+    tiny.add_argument("--family", default="sd15", choices=("sd15", "sd2-v", "sdxl"))
+    tiny.add_argument("--seed", type=int, default=0)
+
+
+def _add_convert_command(commands) -> None:
     convert = commands.add_parser(
         "convert", help="Convert a base model: diffusers folder <-> single-file .safetensors (original A1111 layout)."
     )
@@ -86,11 +96,6 @@ def build_parser() -> argparse.ArgumentParser:
                          help="For an SD2 file that does not say (default: v_prediction, as diffusers).")
     convert.add_argument("--allow-pickle", action="store_true",
                          help="Read a pickle .ckpt (weights only); write it as .safetensors to stop needing this.")
-
-    check = commands.add_parser("check", help="Check that a LoRA file loads completely in diffusers and A1111.")
-    check.add_argument("file", type=Path)
-    _add_model_arguments(check)
-    return parser
 
 
 def _add_model_arguments(command) -> None:
