@@ -40,7 +40,7 @@ def test_create_upload_caption_train_preview_export(running_app, tmp_path):
         client.predict(image.name, f"sks, shape {image.stem}", api_name="/set_caption")
         assert image.with_suffix(".txt").read_text() == f"sks, shape {image.stem}\n"
     _, tags, plan = client.predict("", "", "", "", api_name="/bulk_caption")
-    assert ["sks", 4] in tags["data"] and "have no caption" not in plan and "**Plan: 8 steps**" in plan
+    assert ["sks", 4] in tags["data"] and "have no caption" not in plan and "**Plan: 20 steps**" in plan  # the new project's own config (demo-tiny)
 
     run_dir = Path(client.predict(api_name="/start_training"))
     assert run_dir.parent == (new_root / "runs").resolve()
@@ -86,7 +86,7 @@ def test_a_failing_child_shows_its_error_and_the_app_keeps_running(running_app):
         return result if result[4] in ("failed", "crashed") else None
 
     _, _, log, _, state = wait_for(ended, timeout=120)
-    assert state == "failed" and "No images in" in log and "Put your training images there" in log
+    assert state == "failed" and "No images in" in log and "put your training images there" in log.lower()
     assert client.predict(api_name="/list_adapters") is not None  # the page still answers
 
 
