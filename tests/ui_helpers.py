@@ -17,7 +17,7 @@ def make_start_project(workspace: Path) -> Path:
     return project.root
 
 
-def wait_for(predicate, timeout: float = 240, every: float = 0.5):
+def wait_for(predicate, timeout: float = 900, every: float = 0.5):
     deadline = time.time() + timeout
     while time.time() < deadline:
         value = predicate()
