@@ -8,7 +8,6 @@ import torch
 from tests.blend_fixtures import write_loras
 from tests.export_fixtures import max_output_diff, outputs
 
-from sdlora.blend.bake import bake
 from sdlora.blend.files import write_blend_file
 from sdlora.blend.merge import blend
 from sdlora.blend.sources import read_blend_inputs
@@ -65,18 +64,23 @@ def test_svd_file_error_shows_in_outputs(loras, tmp_path):
     assert diffs[14] <= 1e-5 < diffs[6] < diffs[1]
 
 
-def test_bake_equals_base_plus_adapters(loras, tmp_path):
-    paths, shape = loras["sd15"]
-    base_folder = tmp_path / "base"
-    build_tiny_pipeline("sd15", seed=0).save_pretrained(base_folder)
-    inputs = read_blend_inputs([f"{paths[n]}:{w}" for n, w in WEIGHTS.items()], shape)
-    report = bake(str(base_folder), inputs, tmp_path / "baked")
+def test_bake_equals_base_plus_adapters(loras, tmp_path, capsys):
+    """Through the CLI: `sdlora bake BASE A:w B:w C:w -o OUT` == base + set_adapters at those weights."""
     from diffusers import StableDiffusionPipeline
 
+    from sdlora.cli import main
+
+    paths, _ = loras["sd15"]
+    base_folder = tmp_path / "base"
+    build_tiny_pipeline("sd15", seed=0).save_pretrained(base_folder)
+    specs = [f"{paths[n]}:{w}" for n, w in WEIGHTS.items()]
+    assert main(["bake", str(base_folder), *specs, "-o", str(tmp_path / "baked")]) == 0
+    printed = capsys.readouterr().out
     baked = StableDiffusionPipeline.from_pretrained(tmp_path / "baked")
     diff = max_output_diff(outputs(baked, "sd15"), mixed_outputs("sd15", paths))
-    print(f"bake: {report.text()}; max|diff| vs base + set_adapters {diff:.2e}")
-    assert report.layers == 108 and diff <= 1e-5
+    print(f"bake: {printed.strip()}; max|diff| vs base + set_adapters {diff:.2e}")
+    assert "baked 108 layers" in printed and diff <= 1e-5
+    assert main(["bake", str(base_folder), *specs, "-o", str(tmp_path / "baked")]) == 2  # never overwrites
 
 
 @pytest.mark.slow  # ~70 s on 2 busy cores; test_blend_ui.py renders a preview in the default run
