@@ -67,9 +67,10 @@ def main() -> None:
     params = sum(m.down.numel() + m.up.numel() for m in inputs[0].adapter.modules.values())
     print(f"3 SD1.5 LoRAs, rank {args.rank}, {len(layers)} layers, {params / 1e6:.1f}M parameters each; "
           f"torch {torch.__version__}, {args.threads} CPU thread(s)")
-    timed("concat (exact, rank %d)" % (3 * args.rank), lambda: blend(inputs, "concat", shape=shape))
+    timed(f"concat (exact, rank {3 * args.rank})", lambda: blend(inputs, "concat", shape=shape))
     for rank in (args.rank, 2 * args.rank):
-        result = timed(f"svd to rank {rank}", lambda: blend(inputs, "svd", rank=rank, shape=shape))
+        result = timed(f"svd to rank {rank}", lambda r=rank: blend(inputs, "svd", rank=r, shape=shape),
+                       repeat=1)
         print(f"{'':<44} relative error {result.relative_error:.3f}, retained energy {result.retained_energy:.3f}")
     with tempfile.TemporaryDirectory() as folder:
         result = blend(inputs, "concat", shape=shape)

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import torch
-from tests.export_fixtures import pipeline_with_lora, text_encoders
 
 from sdlora.export.adapter import adapter_from_models
 from sdlora.export.io import write_lora_file
 from sdlora.export.metadata import TrainingInfo, build_metadata
 from sdlora.export.shapes import shape_of_models
+from tests.export_fixtures import pipeline_with_lora, text_encoders
 
 # name -> (targets, rank, alpha, seed): A attention only, B attention + ff + proj + 3x3 convs, C attention.
 LORAS = {"a": ("attn", 4, 2.0, 1), "b": ("ff-conv", 8, 4.0, 2), "c": ("attn", 2, 2.0, 3)}

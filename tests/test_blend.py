@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-from tests.blend_fixtures import LORAS, delta, expected_deltas, write_loras
 
 from sdlora.blend import BlendError
 from sdlora.blend.blocks import block_of, parse_block_weights
@@ -15,6 +14,7 @@ from sdlora.blend.merge import blend
 from sdlora.blend.sources import parse_source_spec, read_blend_inputs
 from sdlora.export.io import read_lora_file
 from sdlora.export.shapes import standard_shape
+from tests.blend_fixtures import LORAS, delta, expected_deltas, write_loras
 
 WEIGHTS = {"a": 0.7, "b": -0.3, "c": 0.5}
 

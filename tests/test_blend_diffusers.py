@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tests.blend_fixtures import write_loras
-from tests.export_fixtures import max_output_diff, outputs
 
 from sdlora.blend.files import write_blend_file
 from sdlora.blend.merge import blend
 from sdlora.blend.sources import read_blend_inputs
 from sdlora.models.tiny import build_tiny_pipeline
+from tests.blend_fixtures import write_loras
+from tests.export_fixtures import max_output_diff, outputs
 
 WEIGHTS = {"a": 0.7, "b": -0.3, "c": 0.5}
 

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from tests.blend_fixtures import write_loras
 from tests.ui_helpers import make_start_project
 

@@ -82,9 +82,9 @@ def _check_shapes(name: str, modules: list) -> None:
 def concat_modules(terms: list) -> LoraModule:
     import torch
 
-    down = torch.cat([c * m.down.double() for c, m in terms], dim=0)
-    up = torch.cat([m.up.double() for _, m in terms], dim=1)
-    return LoraModule(down.float().contiguous(), up.float().contiguous(), float(down.shape[0]))
+    down = torch.cat([c * m.down.float() for c, m in terms], dim=0)  # one rounding per element: exact to fp32
+    up = torch.cat([m.up.float() for _, m in terms], dim=1)
+    return LoraModule(down.contiguous(), up.contiguous(), float(down.shape[0]))
 
 
 def weighted_delta(terms: list):
