@@ -85,25 +85,32 @@ def test_bake_equals_base_plus_adapters(loras, tmp_path, capsys):
 
 @pytest.mark.slow  # ~70 s on 2 busy cores; test_blend_ui.py renders a preview in the default run
 def test_preview_grid_columns(loras, tmp_path):
+    """Columns: base (== the plain pipeline), each alone, the set_adapters blend, and the exact
+    concat blend loaded from memory (== the set_adapters blend)."""
     from diffusers import StableDiffusionPipeline
 
     from sdlora.blend.preview import render_blend_preview
 
-    paths, _ = loras["sd15"]
+    paths, shape = loras["sd15"]
     base_folder = tmp_path / "base"
     build_tiny_pipeline("sd15", seed=0).save_pretrained(base_folder)
+    inputs = read_blend_inputs([f"{paths['a']}:0.7", f"{paths['b']}:-0.3"], shape)
+    saved = ("as saved", blend(inputs, "concat", shape=shape).adapter)
     grid = render_blend_preview(str(base_folder), [(paths["a"], 0.7), (paths["b"], -0.3)], ["a red square"],
-                                [1, 2], steps=2)
-    assert grid.titles == ["base", "sd15-a x0.7", "sd15-b x-0.3", "blend 0.7 + -0.3"]
-    assert grid.image.size == (4 * 64, 2 * 64)
-    tiles = [grid.image.crop((64 * c, 64 * r, 64 * c + 64, 64 * r + 64)) for r in range(2) for c in range(4)]
-    as_tensor = [torch.from_numpy(np.asarray(t, dtype=np.float32)) for t in tiles]
+                                [1, 2], steps=2, saved=saved)
+    assert grid.titles == ["base", "sd15-a x0.7", "sd15-b x-0.3", "blend 0.7 + -0.3", "as saved"]
+    assert grid.image.size == (5 * 64, 2 * 64)
+    pixels = torch.from_numpy(np.asarray(grid.image, dtype=np.float32))
+    tile = lambda row, col: pixels[64 * row: 64 * row + 64, 64 * col: 64 * col + 64]
     plain = StableDiffusionPipeline.from_pretrained(base_folder)
     plain.set_progress_bar_config(disable=True)
     reference = plain("a red square", num_inference_steps=2, guidance_scale=7.0, height=64, width=64,
                       generator=torch.Generator().manual_seed(1)).images[0]
-    base_diff = (as_tensor[0] - torch.from_numpy(np.asarray(reference, dtype=np.float32))).abs().max().item()
-    blend_vs_base = (as_tensor[3] - as_tensor[0]).abs().mean().item()
-    print(f"preview: base column vs plain pipeline max diff {base_diff} (0-255), blend vs base mean {blend_vs_base:.1f}")
+    base_diff = (tile(0, 0) - torch.from_numpy(np.asarray(reference, dtype=np.float32))).abs().max().item()
+    blend_vs_base = (tile(0, 3) - tile(0, 0)).abs().mean().item()
+    saved_vs_blend = max((tile(r, 4) - tile(r, 3)).abs().max().item() for r in range(2))
+    print(f"preview: base column vs plain pipeline max diff {base_diff} (0-255), blend vs base mean "
+          f"{blend_vs_base:.1f}, as-saved vs set_adapters blend max {saved_vs_blend}")
     assert base_diff <= 1  # the base column is the model without LoRA
     assert blend_vs_base > 1  # the blend changes the picture
+    assert saved_vs_blend <= 1  # the concat blend from memory renders like set_adapters

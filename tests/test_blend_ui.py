@@ -31,11 +31,12 @@ def test_blend_tab_previews_and_saves(app_with_adapters):
     assert set(listed) == {str(paths["a"]), str(paths["b"])}
 
     chosen = [str(paths["a"]), str(paths["b"])]
-    image, titles = client.predict(chosen, "0.7, -0.3", "a red square", "1", 2, api_name="/blend_preview")
+    image, titles = client.predict(chosen, "0.7, -0.3", "a red square", "1", 2, "svd", 6, 0,
+                                   api_name="/blend_preview")
     from PIL import Image
 
-    assert Image.open(image).size == (4 * 64, 64)
-    assert "base | sd15-a x0.7 | sd15-b x-0.3 | blend 0.7 + -0.3" in titles
+    assert Image.open(image).size == (5 * 64, 64)
+    assert "base | sd15-a x0.7 | sd15-b x-0.3 | blend 0.7 + -0.3 | as saved: svd rank 6 (error 0." in titles
 
     saved, report = client.predict(chosen, "0.7, -0.3", "svd", 6, 0, "mix", api_name="/blend_save")
     target = start / "blends" / "mix.safetensors"

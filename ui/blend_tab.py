@@ -41,18 +41,38 @@ def _specs(root: str, adapters: list | None, weights: str) -> list:
     return [SourceSpec(p, w) for p, w in zip(paths, values)]
 
 
+def _blend_in_memory(root: str, specs: list, method: str, rank: float, conv_rank: float):
+    """(result, inputs, shape, rank, conv rank) of the blend the Save button would write."""
+    from sdlora.blend.merge import blend
+    from sdlora.blend.sources import read_blend_inputs
+    from sdlora.export.convert import shape_for_base
+
+    shape = shape_for_base(_project(root).load_config().model.path)
+    inputs = read_blend_inputs(specs, shape)
+    rank_value = int(rank) if method == "svd" else None
+    conv_value = int(conv_rank) if method == "svd" and conv_rank else None
+    return blend(inputs, method, rank_value, conv_value, shape), inputs, shape, rank_value, conv_value
+
+
 @_user_errors
-def preview_blend(root: str, adapters: list, weights: str, prompts: str, seeds: str, steps: float = 20):
+def preview_blend(root: str, adapters: list, weights: str, prompts: str, seeds: str, steps: float = 20,
+                  method: str = "concat", rank: float = 32, conv_rank: float = 0):
+    """The grid; with svd, a last column shows the re-ranked blend as it would be saved."""
     from sdlora.blend.preview import render_blend_preview
 
     specs = _specs(root, adapters, weights)
+    saved = None
+    if method == "svd":
+        result = _blend_in_memory(root, specs, method, rank, conv_rank)[0]
+        saved = (f"as saved: svd rank {int(rank)} (error {result.relative_error:.3f})", result.adapter)
     prompt_list = [p.strip() for p in prompts.splitlines() if p.strip()] or ["a photo"]
     try:
         seed_list = [int(s) for s in seeds.replace(",", " ").split()] or [0]
     except ValueError:
         raise gr.Error(f"Seeds must be whole numbers (got {seeds!r}).") from None
     base = _project(root).load_config().model.path
-    grid = render_blend_preview(base, [(s.path, s.weight) for s in specs], prompt_list, seed_list, int(steps))
+    grid = render_blend_preview(base, [(s.path, s.weight) for s in specs], prompt_list, seed_list, int(steps),
+                                saved=saved)
     return grid.image, "Columns: " + " | ".join(grid.titles) + f". Rows: {len(prompt_list)} prompt(s) x seeds {seed_list}."
 
 
@@ -60,17 +80,11 @@ def preview_blend(root: str, adapters: list, weights: str, prompts: str, seeds: 
 def save_blend(root: str, adapters: list, weights: str, method: str = "concat", rank: float = 32,
                conv_rank: float = 0, name: str = "blend"):
     from sdlora.blend.files import write_blend_file
-    from sdlora.blend.merge import blend
-    from sdlora.blend.sources import read_blend_inputs
-    from sdlora.export.convert import shape_for_base
     from ui.project import safe_file_name
 
     project = _project(root)
-    shape = shape_for_base(project.load_config().model.path)
-    inputs = read_blend_inputs(_specs(root, adapters, weights), shape)
-    rank_value = int(rank) if method == "svd" else None
-    conv_value = int(conv_rank) if method == "svd" and conv_rank else None
-    result = blend(inputs, method, rank_value, conv_value, shape)
+    result, inputs, shape, rank_value, conv_value = _blend_in_memory(root, _specs(root, adapters, weights), method,
+                                                                     rank, conv_rank)
     stem = Path(safe_file_name(name or "blend")).stem or "blend"
     target = _unused(project.root / "blends" / f"{stem}.safetensors")
     report = write_blend_file(result, inputs, target, shape, "kohya", "fp16", rank_value, conv_value)
@@ -102,7 +116,8 @@ def blend_tab(root_state) -> None:
     download = gr.File(label="Blend file")
     report = gr.Markdown(elem_id="blend-report")
     refresh.click(refresh_blend_sources, [root_state], [adapters], api_name="list_blend_sources")
-    preview.click(preview_blend, [root_state, adapters, weights, prompts, seeds, steps], [grid, titles],
+    preview.click(preview_blend, [root_state, adapters, weights, prompts, seeds, steps, method, rank, conv_rank],
+                  [grid, titles],
                   api_name="blend_preview")
     save.click(save_blend, [root_state, adapters, weights, method, rank, conv_rank, name], [download, report],
                api_name="blend_save")

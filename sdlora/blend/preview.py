@@ -1,5 +1,7 @@
 """Live blend preview: one grid of images — base, each LoRA alone (at its blend weight), the blend —
-per prompt and seed, through diffusers' load_lora_weights + set_adapters. Nothing is written."""
+per prompt and seed, through diffusers' load_lora_weights + set_adapters. Nothing is written.
+Optionally a last column shows a blend as it would be saved (an SVD re-rank, block weights),
+loaded from memory as one more adapter."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,17 +19,33 @@ def _adapter_names(count: int) -> list:
     return [f"blend_input_{i}" for i in range(count)]
 
 
-def load_preview_pipeline(base: str, sources: list):
-    """The base pipeline with every (path, weight) source loaded as its own adapter."""
+SAVED_ADAPTER = "blend_as_saved"
+
+
+def load_preview_pipeline(base: str, sources: list, saved=None):
+    """The base pipeline with every (path, weight) source loaded as its own adapter (and the
+    in-memory `saved` Adapter, if given, as SAVED_ADAPTER)."""
     from .bake import load_pipeline
 
-    _, pipe = load_pipeline(base)
+    folder, pipe = load_pipeline(base)
+    if saved is not None:
+        _load_adapter_from_memory(pipe, saved, folder)
     for name, (path, _) in zip(_adapter_names(len(sources)), sources):
         try:
             pipe.load_lora_weights(str(path), adapter_name=name)
         except (ValueError, KeyError, RuntimeError) as exc:
             raise BlendError(f"{path} does not load into {base}: {exc}") from None
     return pipe
+
+
+def _load_adapter_from_memory(pipe, adapter, folder) -> None:
+    import torch
+
+    from ..export.keys import to_kohya_state_dict
+    from ..export.shapes import shape_of_folder
+
+    state = to_kohya_state_dict(adapter.modules, shape_of_folder(folder), torch.float32)
+    pipe.load_lora_weights(state, adapter_name=SAVED_ADAPTER)
 
 
 def preview_columns(sources: list) -> list:
@@ -45,18 +63,22 @@ def preview_columns(sources: list) -> list:
 
 
 def render_blend_preview(base: str, sources: list, prompts: list, seeds: list, steps: int = 20,
-                         size: int | None = None, guidance_scale: float = 7.0) -> PreviewGrid:
-    """sources: [(lora path, weight)]. Rows: every prompt x seed; columns: see preview_columns."""
+                         size: int | None = None, guidance_scale: float = 7.0, saved: tuple | None = None) -> PreviewGrid:
+    """sources: [(lora path, weight)]; saved: optional (title, Adapter) shown as a last column.
+    Rows: every prompt x seed; columns: see preview_columns."""
     import torch
 
     from ..sample import image_grid
 
     if not sources or not prompts or not seeds:
         raise BlendError("the preview needs at least one LoRA, one prompt and one seed.")
-    pipe = load_preview_pipeline(base, sources)
+    pipe = load_preview_pipeline(base, sources, saved[1] if saved else None)
     names = _adapter_names(len(sources))
-    size = size or pipe.unet.config.sample_size * pipe.vae_scale_factor
     columns = preview_columns(sources)
+    if saved:
+        names.append(SAVED_ADAPTER)
+        columns = [(title, [*weights, 0.0]) for title, weights in columns] + [(saved[0], [0.0] * len(sources) + [1.0])]
+    size = size or pipe.unet.config.sample_size * pipe.vae_scale_factor
     images = []
     for prompt in prompts:
         for seed in seeds:
