@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_config_commands(commands)
     _add_file_commands(commands)
+    _add_blend_commands(commands)
     ui = commands.add_parser("ui", help="Open the web UI (the built-in demo project unless --project).")
     ui.add_argument("--project", type=Path, help="Project folder (created when new); default: the demo project.")
     ui.add_argument("--host", default="127.0.0.1", help="Address to bind (default 127.0.0.1: this machine only).")
@@ -103,6 +104,61 @@ def _add_model_arguments(command) -> None:
                          "against; default: the real architecture of the file's family.")
     command.add_argument("--family", choices=("sd15", "sd2", "sd2-v", "sdxl"),
                          help="Model family when the file does not say (no metadata).")
+
+
+SOURCE_HELP = ("LoRA file and its weight, PATH:WEIGHT (e.g. style.safetensors:0.7; negative weights subtract), "
+               "optionally PATH:WEIGHT:BLOCKS with A1111 block weights (SD1/SD2: 17 or 26 numbers, "
+               "SDXL: 12 or 20, BASE first), e.g. a.safetensors:1:1,0,0,0,0,0,0,0,1,1,1,1,1,1,1,1,1.")
+
+
+def _add_blend_commands(commands) -> None:
+    blend = commands.add_parser("blend", help="Blend several LoRAs with weights into one LoRA file.",
+                                description="Weighted blend of LoRAs of one model family. concat is exact "
+                                "(rank = sum of ranks); svd re-factors each layer to --rank and reports the error.")
+    blend.add_argument("sources", nargs="+", metavar="PATH:WEIGHT", help=SOURCE_HELP)
+    blend.add_argument("--method", default="concat", choices=("concat", "svd"),
+                       help="concat: exact, rank = sum of input ranks; svd: rank --rank, approximate (error reported).")
+    blend.add_argument("--rank", type=int, help="svd: rank of each re-factored layer.")
+    blend.add_argument("--conv-rank", type=int, help="svd: rank of 3x3 conv (LoCon) layers (default --rank).")
+    blend.add_argument("--format", default="kohya", choices=("kohya", "diffusers"), help="Key layout to write.")
+    blend.add_argument("--dtype", default="fp16", choices=("fp32", "fp16", "bf16"), help="Tensor precision.")
+    blend.add_argument("-o", "--output", type=Path, required=True, help="File to write (.safetensors).")
+    _add_model_arguments(blend)
+
+    bake = commands.add_parser("bake", help="Merge a weighted LoRA blend into a base model (diffusers folder).",
+                               description="Writes BASE with W += sum of weighted LoRA deltas as a new diffusers "
+                               "folder. Single-file (LDM .safetensors) output comes with single-file checkpoint "
+                               "support, later.")
+    bake.add_argument("base", help="Base model: diffusers folder, builtin:NAME or a cached hub id.")
+    bake.add_argument("sources", nargs="+", metavar="PATH:WEIGHT", help=SOURCE_HELP)
+    bake.add_argument("-o", "--output", type=Path, required=True, help="New folder to write the baked model to.")
+
+
+def cmd_blend(args) -> int:
+    from .blend.files import write_blend_file
+    from .blend.merge import blend
+    from .blend.sources import read_blend_inputs
+    from .export.convert import shape_for_base
+
+    if args.method == "concat" and (args.rank or args.conv_rank):
+        raise SdloraError("--rank/--conv-rank apply to --method svd only; concat keeps every input's rank.")
+    shape = shape_for_base(args.base, args.family)
+    inputs = read_blend_inputs(args.sources, shape, args.family)
+    result = blend(inputs, args.method, args.rank, args.conv_rank, shape)
+    report = write_blend_file(result, inputs, args.output, shape, args.format, args.dtype, args.rank, args.conv_rank)
+    print(result.text())
+    print(report.text())
+    return 0 if report.ok else 1
+
+
+def cmd_bake(args) -> int:
+    from .blend.bake import bake
+    from .blend.sources import read_blend_inputs
+    from .export.convert import shape_for_base
+
+    inputs = read_blend_inputs(args.sources, shape_for_base(args.base))
+    print(bake(args.base, inputs, args.output).text())
+    return 0
 
 
 def cmd_export(args) -> int:
@@ -239,6 +295,8 @@ COMMANDS = {
     "lint": cmd_lint,
     "plan": cmd_plan,
     "convert": cmd_convert,
+    "blend": cmd_blend,
+    "bake": cmd_bake,
 }
 
 

@@ -1,4 +1,4 @@
-"""The Gradio page: Dataset, Train and Export tabs over one project folder.
+"""The Gradio page: Dataset, Train, Export and Blend (ui/blend_tab.py) tabs over one project folder.
 
 Every handler is a thin call into ui.project / ui.runs / sdlora; training itself runs in a child
 process. No torch import here: the first paint must not wait for it.
@@ -216,6 +216,10 @@ def build_app(project_root: Path, workspace: Path | None = None) -> gr.Blocks:
             form_widgets = _train_tab(root_state, root)
         with gr.Tab("Export"):
             _export_tab(root_state)
+        with gr.Tab("Blend"):
+            from ui.blend_tab import blend_tab  # here, not at the top: blend_tab imports this module
+
+            blend_tab(root_state)
         open_button.click(open_project, [root_box], [root_box, root_state, *dataset_outputs, *form_widgets],
                           api_name="open_project")
         app.load(_user_errors(dataset_view), [root_state], dataset_outputs)
