@@ -125,13 +125,14 @@ def _add_blend_commands(commands) -> None:
     blend.add_argument("-o", "--output", type=Path, required=True, help="File to write (.safetensors).")
     _add_model_arguments(blend)
 
-    bake = commands.add_parser("bake", help="Merge a weighted LoRA blend into a base model (diffusers folder).",
-                               description="Writes BASE with W += sum of weighted LoRA deltas as a new diffusers "
-                               "folder. Single-file (LDM .safetensors) output comes with single-file checkpoint "
-                               "support, later.")
+    bake = commands.add_parser("bake", help="Merge a weighted LoRA blend into a base model (folder or single file).",
+                               description="Writes BASE with W += sum of weighted LoRA deltas: a new diffusers "
+                               "folder, or with -o NAME.safetensors one checkpoint in the original (LDM) layout "
+                               "that A1111, Forge and ComfyUI load.")
     bake.add_argument("base", help="Base model: diffusers folder, builtin:NAME or a cached hub id.")
     bake.add_argument("sources", nargs="+", metavar="PATH:WEIGHT", help=SOURCE_HELP)
-    bake.add_argument("-o", "--output", type=Path, required=True, help="New folder to write the baked model to.")
+    bake.add_argument("-o", "--output", type=Path, required=True,
+                      help="New folder (diffusers) or NAME.safetensors (single file) to write the baked model to.")
 
 
 def cmd_blend(args) -> int:

@@ -82,6 +82,19 @@ def test_bake_equals_base_plus_adapters(loras, tmp_path, capsys):
     assert "baked 108 layers" in printed and diff <= 1e-5
     assert main(["bake", str(base_folder), *specs, "-o", str(tmp_path / "baked")]) == 2  # never overwrites
 
+    # The same bake as one original-layout checkpoint (what A1111 / ComfyUI load) gives the same model.
+    from sdlora.models.single_file import load_single_file
+
+    single = tmp_path / "baked.safetensors"
+    assert main(["bake", str(base_folder), *specs, "-o", str(single)]) == 0
+    assert "single-file checkpoint" in capsys.readouterr().out
+    from safetensors import safe_open
+
+    with safe_open(str(single), "pt") as handle:
+        assert "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight" in handle.keys()
+    reloaded = load_single_file(single).pipeline()
+    assert max_output_diff(outputs(reloaded, "sd15"), outputs(baked, "sd15")) <= 1e-6
+
 
 @pytest.mark.slow  # ~70 s on 2 busy cores; test_blend_ui.py renders a preview in the default run
 def test_preview_grid_columns(loras, tmp_path):

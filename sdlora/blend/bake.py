@@ -20,7 +20,8 @@ class BakeReport:
     largest_change: float  # max |dW| over all layers
 
     def text(self) -> str:
-        return (f"baked {self.layers} layers into {self.folder} (diffusers folder); "
+        kind = "single-file checkpoint" if self.folder.suffix == ".safetensors" else "diffusers folder"
+        return (f"baked {self.layers} layers into {self.folder} ({kind}); "
                 f"largest weight change {self.largest_change:.4g}")
 
 
@@ -65,7 +66,8 @@ def add_blend_to_models(pipe, inputs: list, shape) -> tuple[int, float]:
 
 
 def bake(base: str, inputs: list, output: Path) -> BakeReport:
-    """Write the base model with the blend merged in as a new diffusers folder at `output`."""
+    """Write the base model with the blend merged in: a new diffusers folder at `output`, or, when
+    `output` ends in .safetensors, one checkpoint in the original (LDM) layout A1111 / ComfyUI load."""
     output = Path(output)
     if output.exists():
         raise BlendError(f"{output} already exists; choose a new folder (sdlora never overwrites).")
@@ -75,6 +77,11 @@ def bake(base: str, inputs: list, output: Path) -> BakeReport:
     if shape.family not in families and not {shape.family, *families} <= {"sd2", "sd2-v"}:
         raise BlendError(f"the LoRAs are for {', '.join(sorted(families))} but {base} is {shape.family}.")
     layers, largest = add_blend_to_models(pipe, inputs, shape)
-    with atomic_dir(output) as tmp:
-        pipe.save_pretrained(tmp, safe_serialization=True)
+    if output.suffix.lower() == ".safetensors":
+        from ..models.single_file import write_single_file
+
+        write_single_file(pipe, output, family=shape.family, title=output.stem)
+    else:
+        with atomic_dir(output) as tmp:
+            pipe.save_pretrained(tmp, safe_serialization=True)
     return BakeReport(output, layers, largest)
