@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
-from tests.ui_helpers import make_start_project
+from tests.ui_helpers import make_start_project, wait_for
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -41,11 +41,11 @@ def test_train_a_lora_by_clicks(browser_page, tmp_path, tiny_sd15):
     app = launch(workspace / "start", port=None, block=False)
     try:
         page.goto(app.local_url)
+        page.locator("#dataset-plan", has_text="Lint").wait_for(timeout=120_000)  # the page finished loading
         # Create a new project.
         page.get_by_label("Project folder").fill(str(workspace / "clicks"))
         page.get_by_role("button", name="Open / create project").click()
-        page.wait_for_timeout(1500)
-        assert (workspace / "clicks" / "project.toml").is_file()
+        wait_for(lambda: (workspace / "clicks" / "project.toml").is_file(), timeout=120)
 
         # Upload four images, caption them all with a trigger word, then edit one caption.
         images = sorted(write_dataset(tmp_path / "src", DEMO_DATASETS["demo-shapes"][:4]).glob("*.png"))
@@ -54,13 +54,16 @@ def test_train_a_lora_by_clicks(browser_page, tmp_path, tiny_sd15):
         page.get_by_role("button", name="Bulk caption tools").click()
         page.locator("#trigger-box textarea").fill("sks")
         page.get_by_role("button", name="Apply to all captions").click()
-        page.wait_for_timeout(1500)
+        project_images = workspace / "clicks" / "images"
+        wait_for(lambda: len(list(project_images.glob("*.txt"))) == 4, timeout=120)
         page.locator("#dataset-gallery img").first.click()
         caption = page.locator("#caption-box textarea")
+        page.wait_for_function("() => document.querySelector('#caption-box textarea').value === 'sks'",
+                               timeout=120_000)  # the click loaded the image's caption
         caption.fill("sks, a red circle")
         page.get_by_role("button", name="Save caption").click()
-        page.wait_for_timeout(1500)
-        project_images = workspace / "clicks" / "images"
+        wait_for(lambda: "sks, a red circle" in {p.read_text().strip() for p in project_images.glob("*.txt")},
+                 timeout=120)
         captions = sorted(p.read_text().strip() for p in project_images.glob("*.txt"))
         assert len(list(project_images.glob("*.png"))) == 4 and len(captions) == 4
         assert "sks, a red circle" in captions and captions.count("sks") == 3
@@ -69,10 +72,15 @@ def test_train_a_lora_by_clicks(browser_page, tmp_path, tiny_sd15):
         # Train: start, watch progress reach the end, see a preview image.
         page.get_by_role("tab", name="Train").click()
         page.get_by_role("button", name="Start").click()
+        page.wait_for_function("() => { const p = document.querySelector('#sdlora-progress');"
+                               " return p && Number(p.dataset.step) >= 1; }", timeout=600_000)
+        # A reload while training re-attaches the page to the running child (state lives in the run folder).
+        page.reload()
+        page.get_by_role("tab", name="Train").click()
         page.wait_for_function(
             "() => { const p = document.querySelector('#sdlora-progress');"
             " return p && p.dataset.total > 0 && p.dataset.step === p.dataset.total; }",
-            timeout=240_000,
+            timeout=900_000,
         )
         page.locator("#previews img").first.wait_for(timeout=30_000)
         assert page.locator("#sdlora-progress progress").get_attribute("value") == "100.0"

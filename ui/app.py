@@ -20,6 +20,7 @@ POLL_SECONDS = 1.0
 
 
 WORKSPACE: Path | None = None  # projects must live under this folder (files are served from it only)
+CURRENT_PROJECT: dict = {"root": ""}  # the project last opened in any tab of the page
 
 
 def _project(root: str) -> projects.Project:
@@ -54,7 +55,13 @@ def dataset_view(root: str):
 @_user_errors
 def open_project(root: str):
     project = _project(root)
+    CURRENT_PROJECT["root"] = str(project.root)
     return (str(project.root), str(project.root), *dataset_view(str(project.root)), *train_form_values(str(project.root)))
+
+
+def restore_project():
+    """On page load: the project last opened (a local, single-user app), so a reload re-attaches to it."""
+    return open_project(CURRENT_PROJECT["root"])
 
 
 @_user_errors
@@ -203,6 +210,7 @@ def build_app(project_root: Path, workspace: Path | None = None) -> gr.Blocks:
     global WORKSPACE
     WORKSPACE = Path(workspace).resolve() if workspace is not None else None
     root = str(Path(project_root).resolve())
+    CURRENT_PROJECT["root"] = root
     with gr.Blocks(title="sdlora") as app:
         gr.Markdown("# sdlora — train a LoRA")
         root_state = gr.State(root)
@@ -222,7 +230,7 @@ def build_app(project_root: Path, workspace: Path | None = None) -> gr.Blocks:
             blend_tab(root_state)
         open_button.click(open_project, [root_box], [root_box, root_state, *dataset_outputs, *form_widgets],
                           api_name="open_project")
-        app.load(_user_errors(dataset_view), [root_state], dataset_outputs)
+        app.load(_user_errors(restore_project), [], [root_box, root_state, *dataset_outputs, *form_widgets])
     return app
 
 
