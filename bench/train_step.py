@@ -373,13 +373,18 @@ class ReferenceLoop:
         return loss.item()
 
     def count_step_flops(self) -> int:
-        """FLOPs of one forward + backward (torch's FlopCounterMode); no optimizer step, no timing."""
+        """Model FLOPs of one forward + backward (torch's FlopCounterMode), without checkpointing's
+        recomputation (so the MFU estimate counts useful work only); no optimizer step, no timing."""
         from torch.utils.flop_counter import FlopCounterMode
 
+        if self.spec.checkpointing:
+            self.unet.disable_gradient_checkpointing()
         counter = FlopCounterMode(display=False)
         with counter:
             self.loss().backward()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.spec.checkpointing:
+            self.unet.enable_gradient_checkpointing()
         return counter.get_total_flops()
 
 
@@ -409,10 +414,11 @@ def worker_main(conn, mode: str, spec_dict: dict) -> None:
                 break
             if command == "step":
                 sync(loop.device)
-                tick = time.perf_counter()
+                tick, cpu_tick = time.perf_counter(), time.process_time()
                 loss = loop.step()
                 sync(loop.device)
-                conn.send(("ok", {"seconds": time.perf_counter() - tick, "loss": loss}))
+                conn.send(("ok", {"seconds": time.perf_counter() - tick, "cpu_s": time.process_time() - cpu_tick,
+                                  "loss": loss}))
             elif command == "reset_peak":
                 reset_peak_memory(loop.device)
                 conn.send(("ok", None))
@@ -423,7 +429,7 @@ def worker_main(conn, mode: str, spec_dict: dict) -> None:
             elif command == "device":
                 import torch
 
-                name = torch.cuda.get_device_name(loop.device) if loop.device.type == "cuda" else platform.processor()
+                name = torch.cuda.get_device_name(loop.device) if loop.device.type == "cuda" else cpu_name()
                 conn.send(("ok", {"type": loop.device.type, "name": name}))
     except Exception:
         conn.send(("error", traceback.format_exc()))
@@ -461,6 +467,14 @@ class Worker:
 
 
 # ----------------------------------------------------------------------------- driver
+
+
+def cpu_name() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "?"
 
 
 def summary(seconds: list[float]) -> dict:
@@ -546,7 +560,8 @@ def run_benchmark(args) -> dict:
     results = {}
     for mode in modes:
         seconds = [r["seconds"] for r in timed[mode]]
-        results[mode] = {**summary(seconds), "step_s": seconds, "warmup_s": [r["seconds"] for r in warm[mode]],
+        cpu = [r["cpu_s"] for r in timed[mode]]
+        results[mode] = {**summary(seconds), "step_s": seconds, "cpu_s": cpu, "median_cpu_s": statistics.median(cpu), "warmup_s": [r["seconds"] for r in warm[mode]],
                          "losses": [r["loss"] for r in warm[mode] + timed[mode]], "setup_s": setup[mode]["setup_s"],
                          "peak_memory": peaks[mode], "warnings": setup[mode]["warnings"]}
     report = {"benchmark": "train_step", "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": info,
@@ -557,6 +572,7 @@ def run_benchmark(args) -> dict:
         pairs = [x / y for x, y in zip(a["step_s"], b["step_s"])]
         report["ratio"] = {"median_of_medians": a["median_s"] / b["median_s"], "mean_of_means": a["mean_s"] / b["mean_s"],
                            "min_of_mins": a["min_s"] / b["min_s"], "median_per_round": statistics.median(pairs),
+                           "cpu_time_medians": a["median_cpu_s"] / b["median_cpu_s"],
                            "per_round": pairs,
                            "max_abs_loss_diff": max(abs(x - y) for x, y in zip(a["losses"], b["losses"]))}
     if flops:
@@ -575,15 +591,18 @@ def print_report(report: dict) -> None:
           f"threads {s['threads'] or 'default'}")
     print(f"device {report['device']['type']} ({report['device']['name'] or '?'}), {m['cpu_cores']} cores, "
           f"load {m['loadavg_start'][0]:.2f} -> {m['loadavg_end'][0]:.2f}")
-    print(f"{'loop':<10} {'median s':>9} {'mean s':>9} {'min s':>9} {'steps/s':>8} {'peak mem':>11} {'setup s':>8}  steps")
+    print(f"{'loop':<10} {'median s':>9} {'mean s':>9} {'min s':>9} {'cpu s':>8} {'steps/s':>8} {'peak mem':>11} "
+          f"{'setup s':>8}  steps")
     for mode, r in report["results"].items():
         peak = r["peak_memory"]["bytes"] / 2**30
-        print(f"{mode:<10} {r['median_s']:>9.4f} {r['mean_s']:>9.4f} {r['min_s']:>9.4f} {r['steps_per_s']:>8.3f} "
+        print(f"{mode:<10} {r['median_s']:>9.4f} {r['mean_s']:>9.4f} {r['min_s']:>9.4f} {r['median_cpu_s']:>8.3f} "
+              f"{r['steps_per_s']:>8.3f} "
               f"{peak:>7.2f} GiB {r['setup_s']:>8.1f}  {len(r['step_s'])}")
     if "ratio" in report:
         ratio = report["ratio"]
         print(f"ratio sdlora/reference: {ratio['median_of_medians']:.3f} (medians), {ratio['median_per_round']:.3f} "
-              f"(median of per-round ratios), {ratio['min_of_mins']:.3f} (fastest steps); "
+              f"(median of per-round ratios), {ratio['min_of_mins']:.3f} (fastest steps), "
+              f"{ratio['cpu_time_medians']:.3f} (process CPU time); "
               f"max |loss diff| {ratio['max_abs_loss_diff']:.2e}")
     if "flops" in report:
         f = report["flops"]
