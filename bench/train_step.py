@@ -161,9 +161,9 @@ def peak_memory(device) -> dict:
     try:
         status = Path("/proc/self/status").read_text()
         hwm = next(int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmHWM:"))
-        return {"kind": "rss_peak_timed_steps", "bytes": hwm, "lifetime_bytes": lifetime}
+        return {"kind": "rss_peak_timed_steps", "bytes": hwm, "ru_maxrss_bytes": lifetime}
     except (OSError, StopIteration):
-        return {"kind": "rss_peak_lifetime", "bytes": lifetime, "lifetime_bytes": lifetime}
+        return {"kind": "rss_peak_lifetime", "bytes": lifetime, "ru_maxrss_bytes": lifetime}
 
 
 def sync(device) -> None:

@@ -30,10 +30,14 @@ def wait_finished(run_dir: Path, launched: float, timeout: float = 600.0) -> dic
             events = list(read_events(events_file))
             done = [e for e in events if e["type"] in ("finished", "failed")]
             if done:
-                if done[0]["type"] == "failed":
-                    raise RuntimeError(f"run in {run_dir} failed: {done[0]['message'][:500]}")
-                started = next(e for e in events if e["type"] == "started")
-                return {"wall_s": time.perf_counter() - launched, "train_s": done[0]["time"] - started["time"]}
+                wall = time.perf_counter() - launched
+                started = next((e for e in events if e["type"] == "started"), None)
+                if started is None:
+                    raise RuntimeError(f"run in {run_dir} failed before starting: {done[0]['message'][:500]}")
+                # A run that fails after its steps (e.g. in the final save) still timed the same work both ways.
+                return {"wall_s": wall, "train_s": done[0]["time"] - started["time"], "outcome": done[0]["type"],
+                        "steps": sum(1 for e in events if e["type"] == "step"),
+                        "message": done[0].get("message", "")[:300]}
         time.sleep(0.02)
     raise TimeoutError(f"no finished event in {run_dir} after {timeout} s")
 
@@ -83,8 +87,9 @@ def main() -> None:
         for i in range(args.rounds):
             for way in (("ui", "cli") if i % 2 == 0 else ("cli", "ui")):
                 results[way].append(run_ui(project) if way == "ui" else run_cli(project, i))
-                print(f"  {way}: {results[way][-1]['wall_s']:.2f} s wall, {results[way][-1]['train_s']:.2f} s training",
-                      flush=True)
+                last = results[way][-1]
+                print(f"  {way}: {last['wall_s']:.2f} s wall, {last['train_s']:.2f} s training, {last['steps']} steps, "
+                      f"{last['outcome']}", flush=True)
     report = {"benchmark": "ui_overhead", "date": time.strftime("%Y-%m-%d %H:%M:%S"), "steps": args.steps,
               "loadavg": [load_start, os.getloadavg()[0]], "runs": results}
     for key in ("wall_s", "train_s"):
