@@ -92,7 +92,10 @@ def main() -> None:
                       f"{last['outcome']}", flush=True)
     report = {"benchmark": "ui_overhead", "date": time.strftime("%Y-%m-%d %H:%M:%S"), "steps": args.steps,
               "loadavg": [load_start, os.getloadavg()[0]], "runs": results}
-    for key in ("wall_s", "train_s"):
+    for way in results.values():
+        for run in way:
+            run["outside_training_s"] = run["wall_s"] - run["train_s"]  # process start, imports, model load, exit
+    for key in ("wall_s", "train_s", "outside_training_s"):
         ui, cli = (statistics.median(r[key] for r in results[w]) for w in ("ui", "cli"))
         report[f"ratio_{key}"] = ui / cli
         print(f"{key}: UI median {ui:.2f} s, CLI median {cli:.2f} s, UI/CLI {ui / cli:.3f}")
