@@ -6,9 +6,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO
 
 
+@pytest.mark.slow  # two worker processes each import torch + diffusers + peft: ~30 s idle, minutes under load
 def test_train_step_bench_writes_report(tmp_path, sdlora_home):
     out = tmp_path / "bench.json"
     env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", SDLORA_HOME=str(sdlora_home))
