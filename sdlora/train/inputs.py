@@ -33,6 +33,9 @@ def default_cache_dir() -> Path:
 class LatentSource:
     def __init__(self, vae, data_cfg):
         self.vae = vae
+        # The frozen VAE is placed once before training; diffusers' vae.device / vae.dtype walk the
+        # module tree on every call (1-3 ms each on CPU), too slow to ask on every step.
+        self.device, self.dtype = vae.device, vae.dtype
         self.mode = data_cfg.latents
         self.background = data_cfg.background  # part of the cache key (the batch loads with it)
         self.cache = None
@@ -44,7 +47,7 @@ class LatentSource:
     def _encode_each(self, pixels: torch.Tensor) -> list:
         """[(mean, std)] per image, each encoded on its own (see the module note)."""
         result = []
-        for row in pixels.to(self.vae.device, self.vae.dtype):
+        for row in pixels.to(self.device, self.dtype):
             dist = self.vae.encode(row[None]).latent_dist
             result.append((dist.mean[0], dist.std[0]))
         return result
@@ -55,9 +58,8 @@ class LatentSource:
             found = self._encode_each(torch.from_numpy(batch.pixels))
         else:
             found = self._cached_distribution(batch)
-        device, dtype = self.vae.device, self.vae.dtype
-        mean = torch.stack([m.to(device, dtype) for m, _ in found])
-        std = torch.stack([s.to(device, dtype) for _, s in found])
+        mean = torch.stack([m.to(self.device, self.dtype) for m, _ in found])
+        std = torch.stack([s.to(self.device, self.dtype) for _, s in found])
         return mean, std
 
     def _cached_distribution(self, batch) -> list:
