@@ -15,9 +15,15 @@ from .shapes import shape_of_models
 def tag_frequency(examples, folder_name: str) -> dict:
     """{dataset folder: {tag: count}} from comma-separated captions (A1111's "training tags")."""
     counts = collections.Counter(
-        tag.strip() for example in examples for tag in example.caption.split(",") if tag.strip()
+        tag.strip() for example in examples for tag in _raw_caption(example).split(",") if tag.strip()
     )
     return {folder_name: dict(counts)}
+
+
+def _raw_caption(example) -> str:
+    """The caption before shuffle/dropout: stream Examples keep it on their ImageRecord."""
+    record = getattr(example, "record", example)
+    return getattr(record, "caption", None) or ""
 
 
 def training_info(cfg, step: int, epoch: int, started_at: float, examples=()) -> TrainingInfo:
