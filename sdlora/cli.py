@@ -25,6 +25,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="Override one option, e.g. --set train.max_steps=200 (repeatable).")
     train.add_argument("--output", type=Path, help="Run folder (default: runs/<output_name>-<time>).")
     train.add_argument("--quiet", action="store_true", help="No progress bar (events.jsonl is still written).")
+    train.add_argument("--resume", nargs="?", const="latest", metavar="latest|PATH",
+                       help="Go on exactly where a run stopped: 'latest' state of the --output folder (the default), "
+                            "a run folder, or a state folder <run>/state/step-NNNNNN. Without a config file the "
+                            "run's own config.toml is used.")
 
     tiny = commands.add_parser("make-tiny-model", help="Write a tiny random-weight model (for tests and demos).")
     tiny.add_argument("folder", type=Path)
@@ -107,6 +111,17 @@ def cmd_train(args) -> int:
     from .config import load_config
     from .train.run import default_run_dir, run_training
 
+    if args.resume is not None:
+        from .train.run import resolve_resume
+
+        run_dir, state = resolve_resume(args.resume, args.output)
+        if args.config is None and args.preset is None:
+            cfg = load_config(run_dir / "config.toml", args.overrides)
+        else:
+            cfg = load_config(args.config, args.overrides, args.preset)
+        path = run_training(cfg, run_dir, progress=not args.quiet, resume=True, resume_state=state)
+        print(f"adapter: {path}")
+        return 0
     if args.config is None and args.preset is None:
         raise SdloraError("sdlora train needs a config file or --preset NAME.")
     cfg = load_config(args.config, args.overrides, args.preset)

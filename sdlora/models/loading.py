@@ -100,7 +100,7 @@ class BaseModel:
 def load_base_model(model_cfg) -> BaseModel:
     """Load the model named by the config's [model] section, with family and prediction type."""
     folder = resolve_model_path(model_cfg.path)
-    family = detect_family(folder) if model_cfg.family == "auto" else model_cfg.family
+    family = detect_family(folder) if model_cfg.family == "auto" else _checked_family(folder, model_cfg.family)
     if family == "sdxl":
         raise ModelError(
             f"{folder} is an SDXL model ({FAMILY_NAMES['sdxl']}); SDXL training is not supported yet. "
@@ -108,6 +108,22 @@ def load_base_model(model_cfg) -> BaseModel:
         )
     prediction_type = prediction_type_of(folder) if model_cfg.prediction_type == "auto" else model_cfg.prediction_type
     return _load_sd_components(folder, family, prediction_type)
+
+
+def _architecture(family: str) -> str:
+    return "sd2" if family.startswith("sd2") else family  # SD2 epsilon and 768-v share the network
+
+
+def _checked_family(folder: Path, family: str) -> str:
+    """An explicit model.family must fit the model's network: a wrong one trains the wrong layers
+    or produces a LoRA tagged for the wrong base, so it is an error, not a warning."""
+    detected = detect_family(folder)
+    if _architecture(detected) != _architecture(family):
+        raise ModelError(
+            f"model.family = '{family}' but {folder} is a {FAMILY_NAMES.get(detected, detected)} model "
+            f"('{detected}'). Set model.family = 'auto' (or '{detected}'), or pick a model of that family."
+        )
+    return family
 
 
 def _load_sd_components(folder: Path, family: str, prediction_type: str) -> BaseModel:
