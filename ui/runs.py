@@ -103,6 +103,9 @@ def _apply(view: RunView, event: dict) -> None:
     elif kind == "step":
         view.step, view.total, view.it_per_s = event["step"], event["total"], event["it_per_s"]
         view.losses.append((event["step"], event["loss"]))
+    elif kind == "resumed":  # the steps after the resumed state are done again: drop their losses
+        view.state, view.step, view.total = "running", event["step"], event["total_steps"]
+        view.losses = [point for point in view.losses if point[0] <= event["step"]]
     elif kind == "sampled":
         view.samples = [p for p in event["paths"] if not p.endswith("-grid.png")] + view.samples
     elif kind == "saved":
