@@ -1,7 +1,7 @@
 """The bad-input matrix: each kind of bad input gives a clear message and a non-zero exit, and
 nothing of the user's data (images, captions, model, earlier outputs) is lost or modified.
 
-Kinds covered elsewhere (not repeated here), 35:
+Kinds covered elsewhere (not repeated here), 38:
   images (tests/test_data_lint.py): zero-byte, text with an image extension, HTML saved as .jpg,
     truncated PNG, truncated JPEG, missing caption, plus 8 warning kinds (tiny, duplicate,
     long caption, unicode name, empty caption, wrong extension, orphan caption, ignored format)
@@ -9,7 +9,8 @@ Kinds covered elsewhere (not repeated here), 35:
   configs (tests/test_config.py, test_cli_errors.py): unknown key (closest named), unknown section,
     zero rank, wrong type (str for int, str for bool, ints in a list of str), value not in
     choices, negative LR, resolution not a multiple of 8, missing default caption, unsupported
-    config_version, invalid TOML, missing config file, unknown preset, untyped --set
+    config_version, invalid TOML, missing config file, unknown preset, untyped --set, data.path
+    together with data.datasets (tests/test_data_scan.py)
   model paths (tests/test_models.py, test_cli_errors.py): empty, missing, hub id offline,
     unknown builtin, folder that is not a model, single-file checkpoint, SDXL
 Added here, 17: zero / negative values through the CLI (3), wrong TOML types (3), conflicting
@@ -83,7 +84,7 @@ def test_wrong_types_in_a_config_file(tmp_path, capsys, body, fragment):
 
 
 @pytest.mark.parametrize("sets, fragment", [
-    ([f"data.datasets=[{{path = 'x'}}]"], "Set either data.path or data.datasets, not both"),
+    (["data.datasets=[{path = 'x'}]"], "Set either data.path or data.datasets, not both"),
     (["data.min_bucket_side=512", "data.max_bucket_side=256"], "larger than data.max_bucket_side"),
     (["train.mixed_precision=fp16", "train.device=cpu"], "'fp16' needs a CUDA GPU"),
 ])
@@ -179,6 +180,7 @@ def test_disk_full_during_a_state_save_keeps_the_earlier_state(tmp_path, tiny_sd
     import torch
 
     from sdlora.errors import SdloraError
+    from sdlora.train.run import run_training
     from sdlora.train.state import list_states
 
     real_save = torch.save
@@ -193,11 +195,9 @@ def test_disk_full_during_a_state_save_keeps_the_earlier_state(tmp_path, tiny_sd
 
     monkeypatch.setattr(torch, "save", full_disk)
     run = tmp_path / "run"
+    cfg = _config(tiny_sd15, image_folder, "train.max_steps=3", "save.state_every_n_steps=1")
     with pytest.raises(SdloraError, match="the disk is full"):
-        run_training_cfg = _config(tiny_sd15, image_folder, "train.max_steps=3", "save.state_every_n_steps=1")
-        from sdlora.train.run import run_training
-
-        run_training(run_training_cfg, run, progress=False)
+        run_training(cfg, run, progress=False)
     assert [p.name for p in list_states(run)] == ["step-000001"]
     assert list((run / "state").glob(".*")) == []
 

@@ -227,7 +227,6 @@ class Trainer:
             return
         from ..events import Sampled
         from ..sample import render_previews
-
         from .state import rng_untouched
 
         with rng_untouched():
