@@ -42,6 +42,10 @@ def _add_config_commands(commands) -> None:
     _add_config_arguments(train)
     train.add_argument("--output", type=Path, help="Run folder (default: runs/<output_name>-<time>).")
     train.add_argument("--quiet", action="store_true", help="No progress bar (events.jsonl is still written).")
+    train.add_argument("--resume", nargs="?", const="latest", metavar="latest|PATH",
+                       help="Go on exactly where a run stopped: 'latest' state of the --output folder (the default), "
+                            "a run folder, or a state folder <run>/state/step-NNNNNN. Without a config file the "
+                            "run's own config.toml is used.")
     for name, text in (("lint", "Check the dataset of a config (nothing is changed); exit 1 on errors."),
                        ("plan", "Dry run: steps, buckets, captions, tags, LR curve, memory; no model compute."),
                        ("config", "Print the fully resolved config (defaults + preset + file + --set).")):
@@ -190,6 +194,17 @@ def cmd_train(args) -> int:
     from .config import load_config
     from .train.run import default_run_dir, run_training
 
+    if args.resume is not None:
+        from .train.run import resolve_resume
+
+        run_dir, state = resolve_resume(args.resume, args.output)
+        if args.config is None and args.preset is None:
+            cfg = load_config(run_dir / "config.toml", args.overrides)
+        else:
+            cfg = load_config(args.config, args.overrides, args.preset)
+        path = run_training(cfg, run_dir, progress=not args.quiet, resume=True, resume_state=state)
+        print(f"adapter: {path}")
+        return 0
     if args.config is None and args.preset is None:
         raise SdloraError("sdlora train needs a config file or --preset NAME.")
     cfg = load_config(args.config, args.overrides, args.preset)

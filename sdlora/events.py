@@ -78,6 +78,27 @@ class Saved(Event):
 
 
 @dataclass
+class StateSaved(Event):
+    """The full training state (for --resume) was written to `path`."""
+
+    step: int
+    path: str
+    type: str = field(init=False, default="state")
+
+
+@dataclass
+class Resumed(Event):
+    """The run goes on from a saved state: the next step is `step + 1`. Step, saved, sampled and
+    state events of this run with a step above `step` that came before it were undone."""
+
+    step: int
+    epoch: int
+    total_steps: int
+    state: str  # the state folder; '' when none was saved yet (the run starts over)
+    type: str = field(init=False, default="resumed")
+
+
+@dataclass
 class Warning_(Event):
     message: str
     type: str = field(init=False, default="warning")
@@ -119,6 +140,7 @@ class JsonlWriter:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        drop_torn_tail(self.path)
         self._handle = open(self.path, "a", encoding="utf-8")
 
     def __call__(self, event: Event) -> None:
@@ -136,6 +158,33 @@ def read_events(path: Path) -> Iterator[dict]:
             if not line.endswith("\n"):
                 break
             yield json.loads(line)
+
+
+def drop_torn_tail(path: Path) -> None:
+    """Cut a last line without its newline (a process killed mid-write), so that appending after
+    it starts a fresh line instead of gluing two JSON objects together."""
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as handle:
+        data = handle.read()
+        if data.endswith(b"\n"):
+            return
+        handle.truncate(data.rfind(b"\n") + 1)
+
+
+STEP_EVENTS = ("step", "saved", "sampled", "state")
+
+
+def replayed(events: list[dict]) -> list[dict]:
+    """The events as if the run had never been interrupted: each `resumed` event drops the
+    step-numbered events after its step that the interrupted part had already emitted."""
+    result: list[dict] = []
+    for event in events:
+        if event["type"] == "resumed":
+            result = [e for e in result if e["type"] not in STEP_EVENTS or e["step"] <= event["step"]]
+        result.append(event)
+    return result
 
 
 def fan_out(*sinks: EventSink) -> EventSink:

@@ -108,6 +108,9 @@ def _apply(view: RunView, event: dict) -> None:
         view.validation.append((event["step"], event["loss"]))
     elif kind == "class_images":
         view.messages.append(f"class images: {event['generated']} generated, {event['reused']} reused")
+    elif kind == "resumed":  # the steps after the resumed state are done again: drop their losses
+        view.state, view.step, view.total = "running", event["step"], event["total_steps"]
+        view.losses = [point for point in view.losses if point[0] <= event["step"]]
     elif kind == "sampled":
         view.samples = [p for p in event["paths"] if not p.endswith("-grid.png")] + view.samples
     elif kind == "saved":

@@ -206,6 +206,12 @@ class TrainSection:
         0.0, "Noise offset (0.05-0.1 helps very dark/bright images); 0 turns it off.", min=0.0, max=1.0
     )
     device: str = option("auto", "Where to train: 'auto' picks CUDA when present.", choices=("auto", "cpu", "cuda"))
+    nan_max_consecutive: int = option(
+        3,
+        "NaN guard: a step whose loss or gradients are not finite is skipped (it still counts as a step); "
+        "after this many in a row the run rolls back to the last good saved state and stops with advice.",
+        min=1, max=1000, advanced=True,
+    )
 
 
 @dataclass
@@ -247,6 +253,14 @@ class SaveSection:
     trigger_words: list = option(
         [], "Words that activate the LoRA, written to the file's metadata (modelspec.trigger_phrase).", item_type=str
     )
+    state_every_n_steps: int = option(
+        50,
+        "Save the full training state (for `sdlora train --resume`) every N steps; it is also saved when "
+        "the run stops or ends. 0 = only at stop and end.",
+        min=0, max=10_000_000,
+    )
+    keep_states: int = option(2, "Keep the last K training states in <run>/state (older ones are deleted).",
+                              min=1, max=1000)
 
 
 @dataclass

@@ -119,7 +119,7 @@ def load_base_model(model_cfg) -> BaseModel:
     folder = resolve_model_path(model_cfg.path, model_cfg.allow_pickle)
     if folder.is_file():
         return _load_single_file_model(folder, model_cfg)
-    family = detect_family(folder) if model_cfg.family == "auto" else model_cfg.family
+    family = detect_family(folder) if model_cfg.family == "auto" else _checked_family(folder, model_cfg.family)
     _refuse_sdxl(folder, family)
     prediction_type = prediction_type_of(folder) if model_cfg.prediction_type == "auto" else model_cfg.prediction_type
     return _load_sd_components(folder, family, prediction_type)
@@ -151,6 +151,22 @@ def _load_single_file_model(path: Path, model_cfg) -> BaseModel:
         path, loaded.family, loaded.prediction_type, parts["unet"], parts["vae"], parts["text_encoder"],
         parts["tokenizer"], noise_scheduler, extra={"scheduler": parts["scheduler"]},
     )
+
+
+def _architecture(family: str) -> str:
+    return "sd2" if family.startswith("sd2") else family  # SD2 epsilon and 768-v share the network
+
+
+def _checked_family(folder: Path, family: str) -> str:
+    """An explicit model.family must fit the model's network: a wrong one trains the wrong layers
+    or produces a LoRA tagged for the wrong base, so it is an error, not a warning."""
+    detected = detect_family(folder)
+    if _architecture(detected) != _architecture(family):
+        raise ModelError(
+            f"model.family = '{family}' but {folder} is a {FAMILY_NAMES.get(detected, detected)} model "
+            f"('{detected}'). Set model.family = 'auto' (or '{detected}'), or pick a model of that family."
+        )
+    return family
 
 
 def _load_sd_components(folder: Path, family: str, prediction_type: str) -> BaseModel:

@@ -1,20 +1,37 @@
-"""The trainer as a short story: build -> loop(step, maybe save, maybe sample) -> finish."""
+"""The trainer as a short story: build -> loop(step, maybe save / sample / validate / keep state) -> finish."""
 from __future__ import annotations
 
+import math
+import os
 import time
 from pathlib import Path
 
 import torch
 
-from ..events import ClassImages, DataSummary, EventSink, Finished, Sampled, Saved, Started, Step, Validation, Warning_
+from ..errors import TrainingError
+from ..events import (
+    ClassImages, DataSummary, EventSink, Finished, Resumed, Sampled, Saved, Started, StateSaved, Step, Validation,
+    Warning_,
+)
 from ..lora.inject import count_parameters
 from .control import Control
 from .setup import RunParts, build_run
 from .step import diffusion_loss, sample_noise, sample_timesteps
 
 
+def test_hook_nan_steps() -> set[int]:
+    """Test hook: SDLORA_TEST_NAN_AT_STEP='5' or '5,7' or '5-9' poisons the loss of those
+    optimizer steps with NaN, to exercise the NaN guard. Read here only; unset in normal use."""
+    steps: set[int] = set()
+    for part in filter(None, os.environ.get("SDLORA_TEST_NAN_AT_STEP", "").split(",")):
+        low, _, high = part.partition("-")
+        steps.update(range(int(low), int(high or low) + 1))
+    return steps
+
+
 class Trainer:
-    def __init__(self, cfg, run_dir: Path, emit: EventSink, control: Control | None = None):
+    def __init__(self, cfg, run_dir: Path, emit: EventSink, control: Control | None = None,
+                 resume: bool = False, resume_state: Path | None = None):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.emit = emit
@@ -22,51 +39,124 @@ class Trainer:
         self.parts: RunParts | None = None
         self.micro_batch = 0  # position in the batch stream
         self.started_at = time.time()
+        self.resume = resume or resume_state is not None
+        self.resume_state = resume_state  # a state folder; None with resume = start over in the same folder
+        self.nan_streak = 0  # optimizer steps in a row skipped for non-finite loss or gradients
+        self.last_step_skipped = False
+        self._nan_steps = test_hook_nan_steps()
+        self._state_saved_at: int | None = None
 
     def run(self) -> Path:
         started_at = self.started_at = time.time()  # the save metadata reads it too
         self.parts = build_run(self.cfg, warn=lambda message: self.emit(Warning_(message)))
         self._announce()
-        step, stopped = 0, False
+        step, stopped = self._resume_point(), False
         total = self.parts.plan.total_steps
         tick = time.time()
         while step < total:
             if self.control.take("stop"):
                 stopped = True
                 break
-            losses = self.optimizer_step()
+            losses = self.optimizer_step(step + 1)
             step += 1
             now = time.time()
             self._report(step, losses, 1.0 / max(now - tick, 1e-9))
             tick = now
+            self._guard_nan(step)
             if step < total:  # the last step is saved, sampled and validated below, once
                 self._maybe_save(step, final=False)
                 self._maybe_sample(step, final=False)
                 self._maybe_validate(step, final=False)
+                self._maybe_save_state(step, final=False)
         path = self._maybe_save(step, final=True)
         self._maybe_sample(step, final=True)
         self._maybe_validate(step, final=True)
+        self._maybe_save_state(step, final=True)
         self.emit(Finished(step=step, path=str(path), stopped_early=stopped, seconds=time.time() - started_at))
         return path
 
-    def optimizer_step(self) -> dict:
-        """gradient_accumulation micro-batches, then one optimizer step; returns the mean losses."""
+    def _resume_point(self) -> int:
+        """The step to go on from: 0 for a new run, else the saved state's (restored into the parts)."""
+        if not self.resume:
+            return 0
+        step, state = 0, ""
+        if self.resume_state is not None:
+            from .state import load_state
+
+            step, state = load_state(self, self.resume_state).step, str(self.resume_state)
+            self._state_saved_at = step
+        epoch = max(self.micro_batch - 1, 0) // self.parts.stream.batches_per_epoch
+        self.emit(Resumed(step=step, epoch=epoch, total_steps=self.parts.plan.total_steps, state=state))
+        return step
+
+    def optimizer_step(self, step: int | None = None) -> dict:
+        """gradient_accumulation micro-batches, then one optimizer step; returns the mean losses.
+        Non-finite loss or gradients skip the update (the step still counts; see _guard_nan)."""
         parts, cfg = self.parts, self.cfg
         trained = [parts.base.unet] + ([parts.base.text_encoder] if cfg.lora.train_text_encoder else [])
+        params = [p for group in parts.optimizer.param_groups for p in group["params"]]
         totals: dict = {}
+        self.last_step_skipped = False
         for _ in range(cfg.train.gradient_accumulation):
             with parts.accelerator.accumulate(*trained):
                 loss, logged = self.micro_step()
+                if step in self._nan_steps:  # test hook
+                    loss, logged = loss * float("nan"), {name: float("nan") for name in logged}
                 parts.accelerator.backward(loss)
-                if parts.accelerator.sync_gradients and cfg.optim.max_grad_norm > 0:
-                    params = [p for group in parts.optimizer.param_groups for p in group["params"]]
-                    parts.accelerator.clip_grad_norm_(params, cfg.optim.max_grad_norm)
-                parts.optimizer.step()
-                parts.optimizer.zero_grad(set_to_none=True)
-            for name, value in logged.items():
-                totals[name] = totals.get(name, 0.0) + value
+                for name, value in logged.items():
+                    totals[name] = totals.get(name, 0.0) + value
+                if parts.accelerator.sync_gradients:
+                    if math.isfinite(totals["loss"]) and _grads_finite(params):
+                        if cfg.optim.max_grad_norm > 0:
+                            parts.accelerator.clip_grad_norm_(params, cfg.optim.max_grad_norm)
+                        parts.optimizer.step()
+                    else:
+                        self.last_step_skipped = True
+                    parts.optimizer.zero_grad(set_to_none=True)
         parts.lr_scheduler.step()
         return {name: value / cfg.train.gradient_accumulation for name, value in totals.items()}
+
+    def _guard_nan(self, step: int) -> None:
+        """Count skipped steps in a row; after train.nan_max_consecutive, roll back and stop."""
+        if not self.last_step_skipped:
+            self.nan_streak = 0
+            return
+        self.nan_streak += 1
+        limit = self.cfg.train.nan_max_consecutive
+        self.emit(Warning_(f"step {step}: the loss or gradients were not finite (NaN/inf); the update was "
+                           f"skipped ({self.nan_streak} in a row, stop at {limit})."))
+        if self.nan_streak >= limit:
+            self._roll_back(step)
+
+    def _roll_back(self, step: int) -> None:
+        from .state import latest_state, load_state
+
+        good = latest_state(self.run_dir, good_only=True)
+        if good is not None:
+            restored = load_state(self, good).step
+            where = f"Rolled back to the last good state, step {restored} ({good})"
+        else:  # skipped steps never change the weights: the current ones are the last good ones
+            restored = step - self.nan_streak
+            where = f"No state was saved before the problem; the weights are those of step {restored}"
+        path = self._maybe_save(restored, final=True)
+        raise TrainingError(
+            f"Training stopped at step {step}: the loss or gradients were not finite (NaN/inf) for "
+            f"{self.nan_streak} steps in a row. {where}; its adapter is {path}. What to try: a lower "
+            "optim.learning_rate (e.g. half), train.mixed_precision = 'bf16' instead of 'fp16' (fp16 "
+            "overflows), an fp32 VAE (train.mixed_precision = 'no'; SDXL's VAE overflows in fp16), "
+            "optim.max_grad_norm = 1.0, and check the dataset for broken images."
+        )
+
+    def _maybe_save_state(self, step: int, final: bool) -> None:
+        every = self.cfg.save.state_every_n_steps
+        due = final or (every and step % every == 0)
+        if not due or self._state_saved_at == step or (self.nan_streak and not final):
+            return
+        from .state import save_state
+
+        path = save_state(self, step)
+        self._state_saved_at = step
+        self.emit(StateSaved(step=step, path=str(path)))
 
     def micro_step(self) -> tuple[torch.Tensor, dict]:
         """Loss of the next micro-batch, and the floats to log ('loss', and the DreamBooth parts)."""
@@ -125,8 +215,12 @@ class Trainer:
         validation = self.parts.validation
         if validation is None or not (final or step % self.cfg.validation.every_n_steps == 0):
             return
+        from .state import rng_untouched
+
         unwrapped = _Unwrapped(self.parts)
-        self.emit(Validation(step=step, loss=validation.loss(unwrapped.unet, unwrapped.text_encoder)))
+        with rng_untouched():
+            loss = validation.loss(unwrapped.unet, unwrapped.text_encoder)
+        self.emit(Validation(step=step, loss=loss))
 
     def adapter_path(self, step: int | None) -> Path:
         name = self.cfg.save.output_name
@@ -140,10 +234,12 @@ class Trainer:
             return None
         path = self.adapter_path(None if final else step)
         from ..export.training import save_checked_lora, training_info
+        from .state import rng_untouched
 
         epoch = (self.micro_batch - 1) // self.parts.stream.batches_per_epoch
         info = training_info(self.cfg, step, epoch + 1, self.started_at, self.parts.stream.examples)
-        save_checked_lora(_Unwrapped(self.parts), path, self.cfg, info)  # raises if the file would not load
+        with rng_untouched():  # the check builds models; a save must not change what is learned
+            save_checked_lora(_Unwrapped(self.parts), path, self.cfg, info)  # raises if the file would not load
         self.emit(Saved(step=step, path=str(path)))
         return path
 
@@ -156,10 +252,11 @@ class Trainer:
         if not (due or self.control.take("sample")):
             return
         from ..sample import render_previews
+        from .state import rng_untouched
 
-        paths = render_previews(_Unwrapped(self.parts), self.cfg, step, self.run_dir / "samples", self.parts.accelerator)
+        with rng_untouched():
+            paths = render_previews(_Unwrapped(self.parts), self.cfg, step, self.run_dir / "samples", self.parts.accelerator)
         self.emit(Sampled(step=step, paths=[str(p) for p in paths]))
-
 
     def optimizer_step_epochs(self) -> tuple[int, int]:
         """(epochs completed before, after) the last optimizer step."""
@@ -173,6 +270,10 @@ class Trainer:
             return False
         before, after = self.optimizer_step_epochs()
         return any(epoch % every_n_epochs == 0 for epoch in range(before + 1, after + 1))
+
+
+def _grads_finite(params) -> bool:
+    return all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in params)
 
 
 class _Unwrapped:
