@@ -3,7 +3,6 @@ import(export(x)) == x; the compatibility check passes on every family, layout a
 from __future__ import annotations
 
 import pytest
-import torch
 from tests.export_fixtures import max_output_diff, outputs, pipeline_with_lora, text_encoders
 
 from sdlora.export.adapter import adapter_from_models, load_into_models, max_difference
