@@ -41,11 +41,11 @@ def test_trainable_parameter_count_is_rank_times_in_plus_out(tiny_sd15, unet_tar
 
 
 def _fixed_batch(base, image_folder, generator):
-    from sdlora.data.batches import BatchStream
-    from sdlora.data.folder import scan_folder
+    from sdlora.data.scan import scan_for_training
+    from sdlora.data.stream import BatchStream, build_examples
 
     cfg = load_config(None, [f"data.path={image_folder}", "data.resolution=64"])
-    batch = BatchStream(scan_folder(cfg.data), cfg.data, batch_size=4, seed=0).batch(0)
+    batch = BatchStream(build_examples(scan_for_training(cfg.data), cfg.data), cfg.data, batch_size=4, seed=0).batch(0)
     with torch.no_grad():
         latents = encode_latents(base.vae, torch.from_numpy(batch.pixels), generator)
         hidden = encode_text(base.text_encoder, tokenize(base.tokenizer, batch.captions))

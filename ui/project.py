@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sdlora.config import TrainConfig, dump_toml, from_dict, load_config, to_dict
-from sdlora.data.folder import IMAGE_EXTENSIONS
+from sdlora.data.scan import IMAGE_EXTENSIONS
 from sdlora.errors import SdloraError
 from sdlora.fsutil import atomic_write_text
 

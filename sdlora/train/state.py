@@ -127,7 +127,7 @@ def read_info(state: Path) -> dict:
 
 
 def remove_partial_files(run_dir: Path) -> list[Path]:
-    """Delete the temp files and folders that a killed save leaves (.NAME.XXXX.tmp); return them."""
+    """Delete the temp files and folders that a killed save leaves (.NAME.<random>.tmp); return them."""
     removed = []
     run_dir = Path(run_dir)
     for folder in (run_dir, states_folder(run_dir), run_dir / "samples"):
