@@ -107,9 +107,17 @@ def scheduler_for(name: str, default_scheduler):
 
 
 def inference_pipeline(model):
-    """A StableDiffusionPipeline over the (LoRA-carrying) components, with the model's own scheduler."""
-    from diffusers import StableDiffusionPipeline
+    """A diffusers pipeline (SD or SDXL) over the (LoRA-carrying) components, with the model's own scheduler."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
+    if getattr(model, "text_encoder_2", None) is not None:
+        pipe = StableDiffusionXLPipeline(
+            vae=model.vae, text_encoder=model.text_encoder, text_encoder_2=model.text_encoder_2,
+            tokenizer=model.tokenizer, tokenizer_2=model.tokenizer_2, unet=model.unet,
+            scheduler=model_scheduler(model.folder, model.family),
+        )
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
     pipe = StableDiffusionPipeline(
         vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer, unet=model.unet,
         scheduler=model_scheduler(model.folder, model.family), safety_checker=None, feature_extractor=None,
@@ -119,7 +127,8 @@ def inference_pipeline(model):
     return pipe
 
 
-def render_one(pipe, preview: PreviewPrompt, default_scheduler, autocast=None):
+def render_one(pipe, preview: PreviewPrompt, default_scheduler, autocast=None, clip_skip: int = 1):
+    """One image; clip_skip counts as model.clip_skip does (1 = none)."""
     import contextlib
 
     import torch
@@ -127,8 +136,7 @@ def render_one(pipe, preview: PreviewPrompt, default_scheduler, autocast=None):
     pipe.scheduler = scheduler_for(preview.sampler, default_scheduler)
     with torch.no_grad(), (autocast or contextlib.nullcontext()):
         return pipe(
-            preview.prompt,
-            negative_prompt=preview.negative_prompt or None,
+            **_prompt_arguments(pipe, preview, clip_skip),
             num_inference_steps=preview.steps,
             guidance_scale=preview.guidance_scale,
             height=preview.height,
@@ -137,26 +145,42 @@ def render_one(pipe, preview: PreviewPrompt, default_scheduler, autocast=None):
         ).images[0]
 
 
+def _prompt_arguments(pipe, preview: PreviewPrompt, clip_skip: int) -> dict:
+    """Prompts as text, or with clip skip on SD1/SD2 as embeddings from sdlora's own encoder:
+    diffusers 0.42's SD clip-skip path needs a text_model attribute transformers 5 removed."""
+    from .models.prompts import PromptEncoder, diffusers_clip_skip
+
+    text = {"prompt": preview.prompt, "negative_prompt": preview.negative_prompt or None}
+    if clip_skip == 1:
+        return text
+    if getattr(pipe, "text_encoder_2", None) is not None:  # SDXL: diffusers indexes hidden states only
+        return {**text, "clip_skip": diffusers_clip_skip(clip_skip)}
+    encode = PromptEncoder("sd", [pipe.tokenizer], [pipe.text_encoder], clip_skip)
+    return {"prompt_embeds": encode([preview.prompt]).hidden,
+            "negative_prompt_embeds": encode([preview.negative_prompt]).hidden}
+
+
 def render_previews(model, cfg, step: int, folder: Path, accelerator=None) -> list[Path]:
     """One PNG per prompt (settings in its text chunk) plus a grid; returns all written paths."""
     previews = parse_prompts(cfg.sample, cfg.data.resolution)
     pipe = inference_pipeline(model)
     default_scheduler = pipe.scheduler
-    was_training = model.unet.training, model.text_encoder.training
-    model.unet.eval()
-    model.text_encoder.eval()
+    networks = [model.unet, *model.text_encoders]
+    was_training = [m.training for m in networks]
+    for module in networks:
+        module.eval()
     images, paths = [], []
     try:
         for index, preview in enumerate(previews):
             autocast = accelerator.autocast() if accelerator is not None else None
-            image = render_one(pipe, preview, default_scheduler, autocast)
+            image = render_one(pipe, preview, default_scheduler, autocast, cfg.model.clip_skip)
             images.append(image)
             settings = {**preview.settings(), "step": step, "scheduler": type(pipe.scheduler).__name__}
             paths.append(save_png(image, folder / f"step{step:06d}-{index:02d}.png", settings))
         paths.append(save_png(image_grid(images), folder / f"step{step:06d}-grid.png", {"step": step}))
     finally:
-        model.unet.train(was_training[0])
-        model.text_encoder.train(was_training[1])
+        for module, mode in zip(networks, was_training):
+            module.train(mode)
     return paths
 
 
@@ -184,7 +208,7 @@ def image_grid(images: list, columns: int | None = None):
 
 def render_strength_sweep(base: str, adapter: Path, previews: list[PreviewPrompt], strengths: list[float]):
     """A grid: one row per prompt, one column per LoRA strength, through diffusers' own LoRA loading."""
-    from diffusers import StableDiffusionPipeline
+    from diffusers import DiffusionPipeline
 
     from .models.loading import resolve_model_path
 
@@ -193,8 +217,8 @@ def render_strength_sweep(base: str, adapter: Path, previews: list[PreviewPrompt
         from .models.single_file import load_single_file
 
         pipe = load_single_file(folder).pipeline()
-    else:
-        pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
+    else:  # the pipeline class saved with the model (SD or SDXL)
+        pipe = DiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     adapter = Path(adapter)
     pipe.load_lora_weights(str(adapter.parent), weight_name=adapter.name, adapter_name="sweep")

@@ -5,6 +5,7 @@ import torch
 from sdlora.data.scan import scan_for_training
 from sdlora.data.stream import BatchStream, build_examples
 from sdlora.models.loading import builtin_model_path, load_base_model
+from sdlora.models.prompts import PromptEncoder
 from sdlora.train.inputs import LatentSource, TextSource
 from tests.data_helpers import config, gradient, write_image
 
@@ -91,15 +92,16 @@ def test_disk_cache_survives_runs_and_invalidates(tmp_path, tiny):
 def test_text_cache_per_drawn_caption_is_exact(tmp_path, tiny):
     make_data(tmp_path)
     cfg, stream = stream_for(tmp_path, batch_size=1, shuffle_tags=True, caption_dropout_rate=0.3)
-    cached = TextSource(tiny.tokenizer, tiny.text_encoder, cache_enabled=True, text_encoder_trained=False)
-    plain = TextSource(tiny.tokenizer, tiny.text_encoder, cache_enabled=False, text_encoder_trained=False)
+    encode = PromptEncoder("sd15", [tiny.tokenizer], [tiny.text_encoder])
+    cached = TextSource(encode, cache_enabled=True, text_encoder_trained=False)
+    plain = TextSource(encode, cache_enabled=False, text_encoder_trained=False)
     captions = [stream.batch(i).captions for i in range(40)]
-    diffs = [(cached.hidden_states(c) - plain.hidden_states(c)).abs().max().item() for c in captions]
+    diffs = [(cached.embeddings(c).hidden - plain.embeddings(c).hidden).abs().max().item() for c in captions]
     assert max(diffs) <= 1e-6
     distinct = len({c[0] for c in captions})
     assert (cached.cache.misses, cached.cache.hits) == (distinct, 40 - distinct)
     assert distinct == DISTINCT_CAPTIONS_IN_40_DRAWS
-    trained = TextSource(tiny.tokenizer, tiny.text_encoder, cache_enabled=True, text_encoder_trained=True)
+    trained = TextSource(encode, cache_enabled=True, text_encoder_trained=True)
     assert trained.cache is None  # never cached while the text encoder learns
 
 

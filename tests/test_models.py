@@ -86,12 +86,14 @@ def test_folder_that_is_not_a_model_and_single_file(tmp_path):
         load_base_model(ModelSection(path=str(single)))
 
 
-def test_sdxl_training_is_refused_clearly(tmp_path):
+def test_sdxl_loads_with_both_text_encoders(tmp_path):
     from sdlora.models.tiny import save_tiny_model
 
     folder = save_tiny_model(tmp_path / "xl", "sdxl")
-    with pytest.raises(ModelError, match="SDXL training is not supported yet"):
-        load_base_model(ModelSection(path=str(folder)))
+    base = load_base_model(ModelSection(path=str(folder)))
+    assert base.family == "sdxl" and len(base.text_encoders) == len(base.tokenizers) == 2
+    assert type(base.text_encoder_2).__name__ == "CLIPTextModelWithProjection"
+    assert base.tokenizer_2.pad_token == "!"  # OpenCLIP pads with '!', CLIP-L with <|endoftext|>
 
 
 @pytest.mark.slow

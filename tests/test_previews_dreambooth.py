@@ -101,7 +101,7 @@ def test_prior_loss_is_computed_on_the_class_half(tmp_path, tiny_sd15):
     parts.generator.set_state(state)  # replay the same draws by hand
     with torch.no_grad():
         latents = parts.latent_source.latents(batch, parts.generator)
-        hidden = parts.text_source.hidden_states(batch.captions)
+        hidden = parts.text_source.embeddings(batch.captions).hidden
         noise = torch.randn(latents.shape, generator=parts.generator)
         timesteps = torch.randint(0, 1000, (4,), generator=parts.generator)
         scheduler = parts.base.noise_scheduler

@@ -254,8 +254,8 @@ def test_load_base_model_accepts_single_files(tiny_files, no_network):
         "sd2-v", "v_prediction", "v_prediction")
     assert type(base.noise_scheduler).__name__ == "DDPMScheduler"
     assert base.tokenizer.pad_token_id == 0  # OpenCLIP pads with '!'
-    with pytest.raises(ModelError, match="SDXL training is not supported"):
-        load_base_model(ModelSection(path=str(tiny_files["sdxl"][1])))
+    xl = load_base_model(ModelSection(path=str(tiny_files["sdxl"][1])))
+    assert xl.family == "sdxl" and xl.text_encoder_2 is not None and xl.tokenizer_2.pad_token == "!"
     from sdlora.models.family import detect_family
     from sdlora.sample import inference_pipeline
 

@@ -25,7 +25,7 @@ class ModelSection:
         "",
         "Base model: a diffusers folder, a single-file checkpoint (.safetensors in the original "
         "A1111/ComfyUI layout, read offline), a hub id (needs a local cache when offline), or "
-        "'builtin:tiny-sd15' / 'builtin:tiny-sd2-v' for the built-in tiny test models.",
+        "'builtin:tiny-sd15' / 'builtin:tiny-sd2-v' / 'builtin:tiny-sdxl' for the built-in tiny test models.",
     )
     family: str = option(
         "auto",
@@ -45,6 +45,26 @@ class ModelSection:
         "Allow a pickle checkpoint (.ckpt) as model.path. Pickle files can run code when opened; "
         "sdlora reads them weights-only (torch.load weights_only=True), but prefer converting to "
         ".safetensors (sdlora convert) on a machine you trust.",
+        advanced=True,
+    )
+    clip_skip: int = option(
+        1,
+        "Clip skip, counted as in A1111 / kohya: 1 = the text encoder's last layer, 2 = the penultimate "
+        "(what anime SD1 models were trained with). SDXL always starts from its penultimate layers, so "
+        "2 goes one further back there. Previews and the saved metadata use the same value.",
+        min=1, max=12,
+    )
+    vae_path: str = option(
+        "",
+        "A separate VAE (diffusers folder with config.json) to use instead of the model's own, e.g. the "
+        "fp16-fixed SDXL VAE; empty = the model's VAE.",
+        advanced=True,
+    )
+    vae_precision: str = option(
+        "auto",
+        "Precision of the frozen VAE: 'fp32' encodes in full precision (SDXL's VAE overflows to NaN in fp16), "
+        "'same' uses train.mixed_precision, 'auto' = fp32 for SDXL unless model.vae_path is set, else 'same'.",
+        choices=("auto", "fp32", "same"),
         advanced=True,
     )
 
@@ -148,7 +168,15 @@ class LoraSection:
         choices=("attn", "attn-ff", "attn-ff-conv"),
     )
     train_text_encoder: bool = option(
-        False, "Also adapt the text encoder's attention (q/k/v/out_proj), with optim.text_encoder_lr."
+        False,
+        "Also adapt the text encoder's attention (q/k/v/out_proj), with optim.text_encoder_lr. SDXL: both "
+        "text encoders (see lora.train_text_encoder_2).",
+    )
+    train_text_encoder_2: bool = option(
+        True,
+        "SDXL only: with lora.train_text_encoder, also adapt the second text encoder (OpenCLIP-bigG), with "
+        "optim.text_encoder_2_lr. Off = only CLIP-L learns.",
+        advanced=True,
     )
 
 
@@ -163,6 +191,10 @@ class OptimSection:
     learning_rate: float = option(1e-4, "Learning rate of the UNet LoRA.", min=0.0, max=10.0)
     text_encoder_lr: float = option(
         5e-5, "Learning rate of the text-encoder LoRA (when lora.train_text_encoder).", min=0.0, max=10.0
+    )
+    text_encoder_2_lr: float = option(
+        0.0, "SDXL: learning rate of the second text encoder's LoRA; 0 = optim.text_encoder_lr.", min=0.0, max=10.0,
+        advanced=True,
     )
     weight_decay: float = option(1e-2, "Decoupled weight decay.", min=0.0, max=1.0, advanced=True)
     beta1: float = option(0.9, "Adam beta1.", min=0.0, max=0.9999, advanced=True)

@@ -111,8 +111,9 @@ class TextCache:
         self.misses += 1
         return None
 
-    def put(self, caption: str, hidden) -> None:
-        self.entries[caption] = hidden.detach().clone()
+    def put(self, caption: str, embeddings) -> None:
+        """Store `embeddings` as given (the caller detaches them from any graph)."""
+        self.entries[caption] = embeddings
         self.entries.move_to_end(caption)
         while len(self.entries) > self.max_entries:
             self.entries.popitem(last=False)

@@ -45,6 +45,7 @@ def training_info(cfg, step: int, epoch: int, started_at: float, examples=()) ->
         dataset_dirs=dataset_dirs(examples),
         num_images=len(examples),
         trigger_words=list(cfg.save.trigger_words),
+        clip_skip=cfg.model.clip_skip if cfg.model.clip_skip > 1 else None,
     )
 
 
@@ -53,6 +54,8 @@ def save_checked_lora(base, path: Path, cfg, info: TrainingInfo):
     A failed check raises LoraFileError with the report: a file that silently does nothing in
     A1111 is worse than a stopped run (the file stays on disk for inspection)."""
     components = {"unet": base.unet, "text_encoder": base.text_encoder}
+    if getattr(base, "text_encoder_2", None) is not None:  # SDXL
+        components["text_encoder_2"] = base.text_encoder_2
     adapter = adapter_from_models(base.family, **components)
     adapter.metadata = build_metadata(adapter, info)
     shape = shape_of_models(base.family, **components)

@@ -37,13 +37,23 @@ class ParamCount:
         return f"trainable params: {self.trainable:,d} || all params: {self.total:,d} || trainable%: {percent:.4f}"
 
 
+def trained_text_encoders(base, lora_cfg) -> dict:
+    """{component name: text encoder} that get LoRA layers: none, CLIP-L, or (SDXL) also bigG."""
+    if not lora_cfg.train_text_encoder:
+        return {}
+    encoders = {"text_encoder": base.text_encoder}
+    if base.text_encoder_2 is not None and lora_cfg.train_text_encoder_2:
+        encoders["text_encoder_2"] = base.text_encoder_2
+    return encoders
+
+
 def add_lora(base, lora_cfg) -> None:
     """Freeze the base model and add LoRA adapters per the config's [lora] section."""
-    for module in (base.unet, base.vae, base.text_encoder):
+    for module in base.frozen_parts:
         module.requires_grad_(False)
     base.unet.add_adapter(lora_config(lora_cfg, UNET_TARGETS[lora_cfg.unet_targets]), adapter_name=ADAPTER_NAME)
-    if lora_cfg.train_text_encoder:
-        base.text_encoder.add_adapter(lora_config(lora_cfg, TEXT_ENCODER_TARGETS), adapter_name=ADAPTER_NAME)
+    for encoder in trained_text_encoders(base, lora_cfg).values():
+        encoder.add_adapter(lora_config(lora_cfg, TEXT_ENCODER_TARGETS), adapter_name=ADAPTER_NAME)
 
 
 def trainable_parameters(module) -> list:

@@ -108,10 +108,25 @@ class BaseModel:
     tokenizer: Any
     noise_scheduler: Any
     extra: dict = field(default_factory=dict)
+    text_encoder_2: Any = None  # SDXL's OpenCLIP-bigG (with projection); None for SD1 / SD2
+    tokenizer_2: Any = None
 
     @property
     def vae_scale_factor(self) -> int:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def text_encoders(self) -> list:
+        return [e for e in (self.text_encoder, self.text_encoder_2) if e is not None]
+
+    @property
+    def tokenizers(self) -> list:
+        return [t for t in (self.tokenizer, self.tokenizer_2) if t is not None]
+
+    @property
+    def frozen_parts(self) -> list:
+        """Every network of the model (what is frozen before LoRA is added)."""
+        return [self.unet, self.vae, *self.text_encoders]
 
 
 def load_base_model(model_cfg) -> BaseModel:
@@ -120,37 +135,52 @@ def load_base_model(model_cfg) -> BaseModel:
     if folder.is_file():
         return _load_single_file_model(folder, model_cfg)
     family = detect_family(folder) if model_cfg.family == "auto" else _checked_family(folder, model_cfg.family)
-    _refuse_sdxl(folder, family)
     prediction_type = prediction_type_of(folder) if model_cfg.prediction_type == "auto" else model_cfg.prediction_type
-    return _load_sd_components(folder, family, prediction_type)
+    return _with_vae_override(_load_sd_components(folder, family, prediction_type), model_cfg.vae_path)
 
 
-def _refuse_sdxl(folder: Path, family: str) -> None:
-    if family == "sdxl":
+def _with_vae_override(base: BaseModel, vae_path: str) -> BaseModel:
+    """model.vae_path: a separate VAE (e.g. the fp16-fixed SDXL VAE) replaces the model's own."""
+    if not vae_path:
+        return base
+    from diffusers import AutoencoderKL
+
+    folder = Path(vae_path).expanduser()
+    if not (folder / "config.json").is_file():
         raise ModelError(
-            f"{folder} is an SDXL model ({FAMILY_NAMES['sdxl']}); SDXL training is not supported yet. "
-            "Use an SD1.x or SD2.x model."
+            f"model.vae_path = {vae_path} is not a diffusers VAE folder (no config.json). Point it at a folder "
+            "with config.json and diffusion_pytorch_model.safetensors (e.g. madebyollin/sdxl-vae-fp16-fix), "
+            "or leave it empty to use the model's own VAE."
         )
+    try:
+        vae = AutoencoderKL.from_pretrained(folder)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"Could not load the VAE in {folder}: {exc}") from None
+    if vae.config.latent_channels != base.vae.config.latent_channels:
+        raise ModelError(
+            f"model.vae_path = {vae_path} makes {vae.config.latent_channels}-channel latents but the model's UNet "
+            f"expects {base.vae.config.latent_channels}: use a VAE of the same family."
+        )
+    base.vae = vae
+    return base
 
 
 def _load_single_file_model(path: Path, model_cfg) -> BaseModel:
     """A single-file checkpoint: family from its keys, components built offline (models.single_file)."""
     from diffusers import DDPMScheduler
 
-    from .single_file import load_single_file, peek_family
+    from .single_file import load_single_file
 
-    family = model_cfg.family
-    if family == "auto" and path.suffix.lower() == ".safetensors":
-        _refuse_sdxl(path, peek_family(path))  # before reading gigabytes of weights
-    loaded = load_single_file(path, family, model_cfg.prediction_type, allow_pickle=model_cfg.allow_pickle)
-    _refuse_sdxl(path, loaded.family)
+    loaded = load_single_file(path, model_cfg.family, model_cfg.prediction_type, allow_pickle=model_cfg.allow_pickle)
     parts = loaded.components
     noise_scheduler = DDPMScheduler.from_config(parts["scheduler"].config)
     noise_scheduler.register_to_config(prediction_type=loaded.prediction_type)
-    return BaseModel(
+    base = BaseModel(
         path, loaded.family, loaded.prediction_type, parts["unet"], parts["vae"], parts["text_encoder"],
         parts["tokenizer"], noise_scheduler, extra={"scheduler": parts["scheduler"]},
+        text_encoder_2=parts.get("text_encoder_2"), tokenizer_2=parts.get("tokenizer_2"),
     )
+    return _with_vae_override(base, model_cfg.vae_path)
 
 
 def _architecture(family: str) -> str:
@@ -171,15 +201,19 @@ def _checked_family(folder: Path, family: str) -> str:
 
 def _load_sd_components(folder: Path, family: str, prediction_type: str) -> BaseModel:
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+    second = {}
     try:
         unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet")
         vae = AutoencoderKL.from_pretrained(folder, subfolder="vae")
         text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder")
         tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
+        if family == "sdxl":  # OpenCLIP-bigG: its projected pooled output conditions the UNet too
+            second["text_encoder_2"] = CLIPTextModelWithProjection.from_pretrained(folder, subfolder="text_encoder_2")
+            second["tokenizer_2"] = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer_2")
         noise_scheduler = DDPMScheduler.from_pretrained(folder, subfolder="scheduler")
     except (OSError, ValueError) as exc:
         raise ModelError(f"Could not load the model in {folder}: {exc}") from None
     noise_scheduler.register_to_config(prediction_type=prediction_type)
-    return BaseModel(folder, family, prediction_type, unet, vae, text_encoder, tokenizer, noise_scheduler)
+    return BaseModel(folder, family, prediction_type, unet, vae, text_encoder, tokenizer, noise_scheduler, **second)

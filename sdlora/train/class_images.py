@@ -33,6 +33,7 @@ def generation_settings(cfg, model_folder: Path) -> dict:
         "version": GENERATION_VERSION, "model": str(Path(model_folder).resolve()), "weights": identity,
         "prompt": db.class_prompt, "negative_prompt": db.class_negative_prompt, "size": cfg.data.resolution,
         "steps": db.class_generation_steps, "guidance_scale": db.class_guidance_scale,
+        **({"clip_skip": cfg.model.clip_skip} if cfg.model.clip_skip > 1 else {}),  # older keys stay valid
     }
 
 
@@ -80,6 +81,6 @@ def generate_class_images(cfg, base, folder: Path, indices) -> None:
     for index in indices:
         prompt = PreviewPrompt(db.class_prompt, db.class_negative_prompt, db.class_generation_steps,
                                db.class_guidance_scale, index, size, size, "default")
-        image = render_one(pipe, prompt, pipe.scheduler)
+        image = render_one(pipe, prompt, pipe.scheduler, clip_skip=cfg.model.clip_skip)
         save_png(image, folder / f"class-{index:05d}.png", prompt.settings())
         atomic_write_text(folder / f"class-{index:05d}.txt", db.class_prompt + "\n")

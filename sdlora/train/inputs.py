@@ -9,12 +9,13 @@ encoding is what makes a cached value bit-identical to a fresh one, whatever bat
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
 
 from ..data.cache import LatentCache, TextCache, latent_key, vae_fingerprint
-from .step import encode_text, tokenize
+from ..models.prompts import PromptEmbeddings
 
 
 def latents_from_distribution(mean, std, generator, mode: str, scaling_factor: float) -> torch.Tensor:
@@ -45,11 +46,14 @@ class LatentSource:
             self.vae_id = vae_fingerprint(vae)
 
     def _encode_each(self, pixels: torch.Tensor) -> list:
-        """[(mean, std)] per image, each encoded on its own (see the module note)."""
+        """[(mean, std)] per image, each encoded on its own (see the module note). An fp32 VAE
+        (model.vae_precision) runs outside the training autocast, or autocast would halve it anyway."""
         result = []
-        for row in pixels.to(self.device, self.dtype):
-            dist = self.vae.encode(row[None]).latent_dist
-            result.append((dist.mean[0], dist.std[0]))
+        full_precision = torch.autocast(self.device.type, enabled=False) if self.dtype == torch.float32 else None
+        with full_precision or contextlib.nullcontext():
+            for row in pixels.to(self.device, self.dtype):
+                dist = self.vae.encode(row[None]).latent_dist
+                result.append((dist.mean[0], dist.std[0]))
         return result
 
     def distribution(self, batch):
@@ -80,26 +84,27 @@ class LatentSource:
 
 
 class TextSource:
-    def __init__(self, tokenizer, text_encoder, cache_enabled: bool, text_encoder_trained: bool):
-        self.tokenizer = tokenizer
-        self.text_encoder = text_encoder
+    """Prompt embeddings of a batch's captions; per caption and cached while the encoders are frozen."""
+
+    def __init__(self, encode, cache_enabled: bool, text_encoder_trained: bool):
+        self.encode = encode  # a models.prompts.PromptEncoder
         self.trained = text_encoder_trained
         self.cache = TextCache() if cache_enabled and not text_encoder_trained else None
 
     def _encode_each(self, captions: list[str]) -> list:
         with torch.no_grad():
-            return [encode_text(self.text_encoder, tokenize(self.tokenizer, [c]))[0] for c in captions]
+            return [self.encode([c]).row(0) for c in captions]
 
-    def hidden_states(self, captions: list[str]) -> torch.Tensor:
+    def embeddings(self, captions: list[str]) -> PromptEmbeddings:
         if self.trained:  # the text encoder learns: batched, with gradients, never cached
-            return encode_text(self.text_encoder, tokenize(self.tokenizer, captions))
+            return self.encode(captions)
         if self.cache is None:
-            return torch.stack(self._encode_each(captions))
+            return PromptEmbeddings.stack(self._encode_each(captions))
         found = [self.cache.get(caption) for caption in captions]
-        missing = sorted({c for c, h in zip(captions, found) if h is None})
+        missing = sorted({c for c, e in zip(captions, found) if e is None})
         if missing:
             fresh = dict(zip(missing, self._encode_each(missing)))
-            for caption, states in fresh.items():
-                self.cache.put(caption, states)
-            found = [fresh[c] if h is None else h for c, h in zip(captions, found)]
-        return torch.stack(found)
+            for caption, embeddings in fresh.items():
+                self.cache.put(caption, embeddings.detached())
+            found = [fresh[c] if e is None else e for c, e in zip(captions, found)]
+        return PromptEmbeddings.stack(found)

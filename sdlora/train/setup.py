@@ -44,11 +44,23 @@ def make_accelerator(train_cfg):
         raise TrainingError(
             "train.mixed_precision = 'fp16' needs a CUDA GPU; on CPU use 'bf16' or 'no'."
         )
+    _forget_previous_run_precision()
     return Accelerator(
         mixed_precision=train_cfg.mixed_precision,
         gradient_accumulation_steps=train_cfg.gradient_accumulation,
         cpu=on_cpu,
     )
+
+
+def _forget_previous_run_precision() -> None:
+    """accelerate keeps one process-wide state and refuses a second Accelerator with another
+    mixed_precision. sdlora trains one run at a time in a single process, so a later run in the
+    same process (the benchmarks, a notebook, the tests) may start from a clean state."""
+    from accelerate.state import AcceleratorState, DistributedType
+
+    state = AcceleratorState._shared_state
+    if state and state.get("distributed_type", DistributedType.NO) == DistributedType.NO:
+        AcceleratorState._reset_state()
 
 
 def weight_dtype_for(mixed_precision: str):
@@ -57,31 +69,57 @@ def weight_dtype_for(mixed_precision: str):
     return {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[mixed_precision]
 
 
+def vae_dtype_for(cfg, family: str):
+    """model.vae_precision: SDXL's VAE overflows to NaN in fp16, so 'auto' keeps it fp32 there
+    (unless a separate, fixed VAE is given)."""
+    import torch
+
+    choice = cfg.model.vae_precision
+    if choice == "auto":
+        choice = "fp32" if family == "sdxl" and not cfg.model.vae_path else "same"
+    return torch.float32 if choice == "fp32" else weight_dtype_for(cfg.train.mixed_precision)
+
+
+def text_encoder_lrs(cfg) -> dict:
+    second = cfg.optim.text_encoder_2_lr or cfg.optim.text_encoder_lr
+    return {"text_encoder": cfg.optim.text_encoder_lr, "text_encoder_2": second}
+
+
 def prepare_model(base, cfg, accelerator) -> list:
     """Freeze + cast the base model, add LoRA (fp32), move to the device; return param groups."""
     import torch
     from diffusers.training_utils import cast_training_params
 
-    from ..lora.inject import add_lora, trainable_parameters
+    from ..lora.inject import add_lora, trainable_parameters, trained_text_encoders
 
     dtype = weight_dtype_for(cfg.train.mixed_precision)
-    for module in (base.unet, base.vae, base.text_encoder):
+    for module in (base.unet, *base.text_encoders):
         module.to(accelerator.device, dtype=dtype)
+    base.vae.to(accelerator.device, dtype=vae_dtype_for(cfg, base.family))
     torch.manual_seed(cfg.train.seed)  # LoRA init
     add_lora(base, cfg.lora)
-    models = [base.unet] + ([base.text_encoder] if cfg.lora.train_text_encoder else [])
-    cast_training_params(models, dtype=torch.float32)
+    encoders = trained_text_encoders(base, cfg.lora)
+    cast_training_params([base.unet, *encoders.values()], dtype=torch.float32)
     if cfg.train.gradient_checkpointing:
         base.unet.enable_gradient_checkpointing()
-        if cfg.lora.train_text_encoder:
-            base.text_encoder.gradient_checkpointing_enable()
+        for encoder in encoders.values():
+            encoder.gradient_checkpointing_enable()
     base.vae.eval()
     base.unet.train()
-    base.text_encoder.train(cfg.lora.train_text_encoder)
+    for encoder in base.text_encoders:
+        encoder.train(any(encoder is e for e in encoders.values()))
     groups = [{"params": trainable_parameters(base.unet), "lr": cfg.optim.learning_rate}]
-    if cfg.lora.train_text_encoder:
-        groups.append({"params": trainable_parameters(base.text_encoder), "lr": cfg.optim.text_encoder_lr})
+    learning_rates = text_encoder_lrs(cfg)
+    for name, encoder in encoders.items():
+        groups.append({"params": trainable_parameters(encoder), "lr": learning_rates[name]})
     return groups
+
+
+def trained_modules(base, lora_cfg) -> dict:
+    """{component: module} of everything that carries trained LoRA layers (unet first)."""
+    from ..lora.inject import trained_text_encoders
+
+    return {"unet": base.unet, **trained_text_encoders(base, lora_cfg)}
 
 
 @dataclass
@@ -123,12 +161,18 @@ def build_prior(cfg, base, device):
     from ..data.dreambooth import PriorPairing, class_images_in
     from .class_images import prepare_class_images
 
-    for module in (base.unet, base.vae, base.text_encoder):
+    for module in base.frozen_parts:
         module.to(device)  # generate where training runs
     prepared = prepare_class_images(cfg, base)
     images = class_images_in(prepared.folder, cfg.dreambooth.class_prompt, cfg.dreambooth.num_class_images,
                              cfg.data.resolution)
     return PriorPairing(images, cfg.train.batch_size, cfg.train.seed), prepared
+
+
+def prompt_encoder(base, cfg):
+    from ..models.prompts import PromptEncoder
+
+    return PromptEncoder(base.family, base.tokenizers, base.text_encoders, cfg.model.clip_skip)
 
 
 def build_inputs(base, cfg, warn: Callable[[str], None]):
@@ -137,7 +181,7 @@ def build_inputs(base, cfg, warn: Callable[[str], None]):
     if cfg.data.cache_text_embeddings and cfg.lora.train_text_encoder:
         warn("data.cache_text_embeddings is ignored while lora.train_text_encoder is on (its outputs change every step).")
     latent_source = LatentSource(base.vae, cfg.data)
-    text_source = TextSource(base.tokenizer, base.text_encoder, cfg.data.cache_text_embeddings, cfg.lora.train_text_encoder)
+    text_source = TextSource(prompt_encoder(base, cfg), cfg.data.cache_text_embeddings, cfg.lora.train_text_encoder)
     return latent_source, text_source
 
 
@@ -155,11 +199,10 @@ def build_run(cfg, warn: Callable[[str], None]) -> RunParts:
     groups = prepare_model(base, cfg, accelerator)
     optimizer = build_optimizer(groups, cfg.optim, warn)
     lr_scheduler = build_lr_scheduler(optimizer, cfg.optim, plan.total_steps)
-    trained = [base.unet] + ([base.text_encoder] if cfg.lora.train_text_encoder else [])
-    prepared = accelerator.prepare(*trained, optimizer)
-    base.unet, optimizer = prepared[0], prepared[-1]
-    if cfg.lora.train_text_encoder:
-        base.text_encoder = prepared[1]
+    trained = trained_modules(base, cfg.lora)
+    *wrapped, optimizer = accelerator.prepare(*trained.values(), optimizer)
+    for name, module in zip(trained, wrapped):
+        setattr(base, name, module)
     generator = torch.Generator().manual_seed(cfg.train.seed)
     latent_source, text_source = build_inputs(base, cfg, warn)
     validation = None

@@ -159,12 +159,10 @@ def _remove_folder(folder: Path) -> None:
 
 
 def _trained_modules(trainer) -> dict:
-    parts = trainer.parts
-    unwrap = parts.accelerator.unwrap_model
-    modules = {"unet": unwrap(parts.base.unet)}
-    if trainer.cfg.lora.train_text_encoder:
-        modules["text_encoder"] = unwrap(parts.base.text_encoder)
-    return modules
+    from .setup import trained_modules
+
+    unwrap = trainer.parts.accelerator.unwrap_model
+    return {name: unwrap(module) for name, module in trained_modules(trainer.parts.base, trainer.cfg.lora).items()}
 
 
 def lora_tensors(trainer) -> dict:

@@ -4,11 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-
-def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
-    return tokenizer(
-        captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
-    ).input_ids
+from ..models.prompts import tokenize  # noqa: F401 -- re-exported for the bare-math tests
 
 
 def encode_text(text_encoder, input_ids: torch.Tensor) -> torch.Tensor:
@@ -56,11 +52,13 @@ def min_snr_weights(noise_scheduler, timesteps, gamma: float) -> torch.Tensor:
     return clipped / snr
 
 
-def diffusion_loss(unet, noise_scheduler, latents, encoder_hidden_states, noise, timesteps, min_snr_gamma=0.0):
-    """Mean loss of the batch; also returns the per-example losses (for logging and prior loss)."""
+def diffusion_loss(unet, noise_scheduler, latents, encoder_hidden_states, noise, timesteps, min_snr_gamma=0.0,
+                   added_cond=None):
+    """Mean loss of the batch; also returns the per-example losses (for logging and prior loss).
+    added_cond: SDXL's pooled text and size/crop ids (models.prompts.unet_added_conditions)."""
     noisy = noise_scheduler.add_noise(latents, noise, timesteps)
     target = diffusion_target(noise_scheduler, latents, noise, timesteps)
-    prediction = unet(noisy, timesteps, encoder_hidden_states).sample
+    prediction = unet(noisy, timesteps, encoder_hidden_states, added_cond_kwargs=added_cond).sample
     per_example = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
     if min_snr_gamma:
         per_example = per_example * min_snr_weights(noise_scheduler, timesteps, min_snr_gamma).to(per_example.device)

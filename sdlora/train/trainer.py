@@ -14,8 +14,9 @@ from ..events import (
     Warning_,
 )
 from ..lora.inject import count_parameters
+from ..models.prompts import unet_added_conditions
 from .control import Control
-from .setup import RunParts, build_run
+from .setup import RunParts, build_run, trained_modules
 from .step import diffusion_loss, sample_noise, sample_timesteps
 
 
@@ -93,7 +94,7 @@ class Trainer:
         """gradient_accumulation micro-batches, then one optimizer step; returns the mean losses.
         Non-finite loss or gradients skip the update (the step still counts; see _guard_nan)."""
         parts, cfg = self.parts, self.cfg
-        trained = [parts.base.unet] + ([parts.base.text_encoder] if cfg.lora.train_text_encoder else [])
+        trained = list(trained_modules(parts.base, cfg.lora).values())
         params = [p for group in parts.optimizer.param_groups for p in group["params"]]
         totals: dict = {}
         self.last_step_skipped = False
@@ -169,13 +170,14 @@ class Trainer:
         self.micro_batch += 1
         with parts.accelerator.autocast():
             latents = parts.latent_source.latents(batch, generator)
-            hidden = parts.text_source.hidden_states(batch.captions)
+            text = parts.text_source.embeddings(batch.captions)
+            added = unet_added_conditions(text, batch.items, latents.device, latents.dtype)
             noise = sample_noise(latents, generator, cfg.train.noise_offset)
             timesteps = sample_timesteps(
                 latents.shape[0], generator, base.noise_scheduler.config.num_train_timesteps, latents.device
             )
             loss, per_example = diffusion_loss(
-                base.unet, base.noise_scheduler, latents, hidden, noise, timesteps, cfg.train.min_snr_gamma
+                base.unet, base.noise_scheduler, latents, text.hidden, noise, timesteps, cfg.train.min_snr_gamma, added
             )
         if parts.prior is None:
             return loss, {"loss": loss.item()}
@@ -185,7 +187,7 @@ class Trainer:
 
     def _announce(self) -> None:
         parts = self.parts
-        counts = count_parameters(parts.base.unet, parts.base.text_encoder)
+        counts = count_parameters(parts.base.unet, *parts.base.text_encoders)
         self.emit(
             Started(
                 total_steps=parts.plan.total_steps,
@@ -219,7 +221,7 @@ class Trainer:
 
         unwrapped = _Unwrapped(self.parts)
         with rng_untouched():
-            loss = validation.loss(unwrapped.unet, unwrapped.text_encoder)
+            loss = validation.loss(unwrapped.unet, unwrapped.text_encoders)
         self.emit(Validation(step=step, loss=loss))
 
     def adapter_path(self, step: int | None) -> Path:
@@ -283,7 +285,18 @@ class _Unwrapped:
         base, accelerator = parts.base, parts.accelerator
         self.unet = accelerator.unwrap_model(base.unet)
         self.text_encoder = accelerator.unwrap_model(base.text_encoder)
+        self.text_encoder_2 = None if base.text_encoder_2 is None else accelerator.unwrap_model(base.text_encoder_2)
         self.vae = base.vae
         self.tokenizer = base.tokenizer
+        self.tokenizer_2 = base.tokenizer_2
         self.folder = base.folder
         self.family = base.family
+        self.clip_skip = parts.text_source.encode.clip_skip if parts.text_source else 1
+
+    @property
+    def text_encoders(self) -> list:
+        return [e for e in (self.text_encoder, self.text_encoder_2) if e is not None]
+
+    @property
+    def tokenizers(self) -> list:
+        return [t for t in (self.tokenizer, self.tokenizer_2) if t is not None]

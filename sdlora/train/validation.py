@@ -9,7 +9,8 @@ import dataclasses
 
 import torch
 
-from .step import diffusion_loss, encode_text, tokenize
+from ..models.prompts import PromptEncoder, unet_added_conditions
+from .step import diffusion_loss
 
 
 def validation_data_config(cfg):
@@ -22,6 +23,7 @@ def validation_data_config(cfg):
 
 class ValidationSet:
     def __init__(self, cfg, base, accelerator):
+        self.clip_skip = cfg.model.clip_skip
         from ..data.scan import scan_for_training
         from ..data.stream import BatchStream, build_examples
 
@@ -56,22 +58,24 @@ class ValidationSet:
         return torch.tensor([int((j + 0.5) * total / k) for j in range(k)], device=device)
 
     @torch.no_grad()
-    def loss(self, unet, text_encoder) -> float:
+    def loss(self, unet, text_encoders: list) -> float:
         latents, noise = self._fixed_inputs()
-        was_training = unet.training, text_encoder.training
-        unet.eval()
-        text_encoder.eval()
+        encode = PromptEncoder(self.base.family, self.base.tokenizers, text_encoders, self.clip_skip)
+        was_training = [m.training for m in (unet, *text_encoders)]
+        for module in (unet, *text_encoders):
+            module.eval()
         losses = []
         try:
             with self.accelerator.autocast():
                 for batch, latent, batch_noise in zip(self.batches, latents, noise):
-                    hidden = encode_text(text_encoder, tokenize(self.base.tokenizer, batch.captions))
                     k = batch_noise.shape[0]
+                    text = encode(batch.captions).repeated(k)  # one image, k timesteps
+                    added = unet_added_conditions(text, batch.items * k, latent.device, latent.dtype)
                     timesteps = self.timesteps(latent.device)
                     value, _ = diffusion_loss(unet, self.base.noise_scheduler, latent.expand(k, -1, -1, -1),
-                                              hidden.expand(k, -1, -1), batch_noise, timesteps)
+                                              text.hidden, batch_noise, timesteps, added_cond=added)
                     losses.append(value.item())
         finally:
-            unet.train(was_training[0])
-            text_encoder.train(was_training[1])
+            for module, mode in zip((unet, *text_encoders), was_training):
+                module.train(mode)
         return sum(losses) / len(losses)
