@@ -232,3 +232,16 @@ def test_sdxl_resume_is_exact(tmp_path, image_folder):
     a, b = load_file(straight), load_file(resumed)
     assert a.keys() == b.keys() and any(k.startswith("lora_te2_") for k in a)
     assert max((a[k] - b[k]).abs().max().item() for k in a) == 0.0
+
+
+def test_clip_skip_trains_previews_and_is_recorded(tmp_path, image_folder, tiny_sd15):
+    from safetensors import safe_open
+
+    cfg = _config(str(tiny_sd15), image_folder, "model.clip_skip=2", "train.max_steps=1",
+                  "sample.prompts=['a red circle --n blurry']", "sample.steps=2")
+    events = []
+    path = Trainer(cfg, tmp_path / "run", events.append).run()
+    with safe_open(str(path), "pt") as handle:
+        assert handle.metadata()["ss_clip_skip"] == "2"
+    sampled = [e for e in events if e.type == "sampled"]
+    assert len(sampled) == 1 and len(sampled[0].paths) == 2  # the preview and its grid
