@@ -245,3 +245,23 @@ def test_clip_skip_trains_previews_and_is_recorded(tmp_path, image_folder, tiny_
         assert handle.metadata()["ss_clip_skip"] == "2"
     sampled = [e for e in events if e.type == "sampled"]
     assert len(sampled) == 1 and len(sampled[0].paths) == 2  # the preview and its grid
+
+
+def test_sdxl_dreambooth_with_generated_class_images_and_validation(tmp_path, image_folder):
+    """Class images come from the SDXL pipeline; prior pairs and validation batches carry time ids."""
+    from sdlora.demo.shapes import DEMO_DATASETS, write_dataset
+    from sdlora.events import read_events
+
+    held_out = write_dataset(tmp_path / "held-out", DEMO_DATASETS["demo-shapes"][4:6])
+    cfg = _config("builtin:tiny-sdxl", image_folder, "dreambooth.enabled=true", "dreambooth.instance_prompt=a sks shape",
+                  "dreambooth.class_prompt=a shape", "dreambooth.num_class_images=2",
+                  "dreambooth.class_generation_steps=2", "train.max_steps=2", f"validation.path={held_out}",
+                  "validation.every_n_steps=1")
+    run_training(cfg, tmp_path / "run", progress=False)
+    events = list(read_events(tmp_path / "run" / "events.jsonl"))
+    kinds = {e["type"]: e for e in events}
+    assert kinds["class_images"]["generated"] == 2
+    steps = [e for e in events if e["type"] == "step"]
+    assert all(s["loss"] == pytest.approx(s["instance_loss"] + s["prior_loss"], abs=1e-6) for s in steps)
+    validation = [e["loss"] for e in events if e["type"] == "validation"]
+    assert len(validation) == 2 and all(v > 0 for v in validation)
