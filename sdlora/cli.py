@@ -104,7 +104,7 @@ def _add_convert_command(commands) -> None:
 
 
 def _add_model_arguments(command) -> None:
-    command.add_argument("--base", help="Base model (diffusers folder or builtin:NAME) whose layer names to check "
+    command.add_argument("--base", help="Base model (diffusers folder, .safetensors checkpoint or builtin:NAME) whose layer names to check "
                          "against; default: the real architecture of the file's family.")
     command.add_argument("--family", choices=("sd15", "sd2", "sd2-v", "sdxl"),
                          help="Model family when the file does not say (no metadata).")

@@ -377,3 +377,18 @@ def test_full_size_sd15_single_file_has_the_known_shapes(tmp_path):
         assert all(torch.equal(ref[k], new[k]) for k in ref), name
     assert sum(p.numel() for p in loaded.components["text_encoder"].parameters()) == 123_060_480
     assert sum(p.numel() for p in loaded.components["vae"].parameters()) == 83_653_863
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_single_file_base_gives_the_same_check_shape_as_its_folder(family, tiny_files):
+    from sdlora.export.convert import shape_for_base
+
+    folder, path = tiny_files[family]
+    from_file, from_folder = shape_for_base(str(path)), shape_for_base(str(folder))
+    assert from_file.family == from_folder.family == family
+    for name in from_folder.components:
+        wanted = from_folder.config(name)
+        got = from_file.config(name)
+        keys = ("cross_attention_dim", "block_out_channels", "hidden_size", "num_hidden_layers",
+                "projection_class_embeddings_input_dim", "transformer_layers_per_block")
+        assert {k: got.get(k) for k in keys if k in wanted} == {k: wanted[k] for k in keys if k in wanted}, name

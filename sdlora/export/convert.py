@@ -9,11 +9,15 @@ from .io import read_lora_file, write_lora_file
 
 
 def shape_for_base(base: str | None, family: str | None = None):
-    """The model shape to check against: the given base model's configs, or None (the family's real one)."""
+    """The model shape to check against: the given base model's configs (diffusers folder or
+    single-file checkpoint), or None (the family's real one)."""
     from ..models.loading import resolve_model_path
-    from .shapes import shape_of_folder
+    from .shapes import shape_of_folder, shape_of_single_file
 
-    return shape_of_folder(resolve_model_path(base), family) if base else None
+    if not base:
+        return None
+    path = resolve_model_path(base)
+    return shape_of_single_file(path, family) if path.is_file() else shape_of_folder(path, family)
 
 
 def export_lora_file(source: Path, target: Path, layout: str = "kohya", dtype: str = "fp16",

@@ -97,6 +97,14 @@ def shape_of_folder(folder: Path, family: str | None = None) -> ModelShape:
     return _shape(family, configs)
 
 
+def shape_of_single_file(path: Path, family: str | None = None) -> ModelShape:
+    """Shape of a single-file (original layout) .safetensors checkpoint, from its header only."""
+    from ..models.single_file.read import single_file_configs
+
+    family, configs = single_file_configs(path, family)
+    return _shape(family, {name: configs[name] for name in COMPONENTS if name in configs})
+
+
 @functools.lru_cache(maxsize=8)
 def meta_components(shape: ModelShape) -> dict:
     """{component: weightless module} for a shape; cached, treat as read-only."""

@@ -181,6 +181,29 @@ def load_scheduler(path, family: str, prediction_type: str | None = None):
     return scheduler
 
 
+def single_file_configs(path, family: str | None = None) -> tuple[str, dict]:
+    """(family, component configs) of a .safetensors checkpoint from its header alone: the
+    tensors become weightless meta tensors of the right shapes, so no weights are read."""
+    import torch
+    from safetensors import safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = dict(handle.metadata() or {})
+            state = {key: torch.empty(handle.get_slice(key).get_shape(), device="meta") for key in handle.keys()}
+    except Exception as exc:  # noqa: BLE001  (as in read_metadata)
+        raise _unreadable(path, exc) from None
+    detected = detect_file_family(state, metadata, path)
+    if family in (None, "auto"):
+        prediction = resolve_prediction_type(detected, metadata, None)
+        family = "sd2-v" if detected == "sd2" and prediction == "v_prediction" else detected
+    elif base_family(family) != detected:
+        raise ModelError(f"--family {family} but {path} holds an {detected} checkpoint (from its keys).")
+    configs, _ = resolve_configs(state, family, _metadata_configs(metadata))
+    return family, configs
+
+
 def peek_family(path, allow_pickle: bool = False) -> str:
     """sd15 / sd2 / sd2-v / sdxl of a checkpoint; for .safetensors from the header alone."""
     from safetensors import safe_open
