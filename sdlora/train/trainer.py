@@ -291,12 +291,7 @@ class _Unwrapped:
         self.tokenizer_2 = base.tokenizer_2
         self.folder = base.folder
         self.family = base.family
-        self.clip_skip = parts.text_source.encode.clip_skip if parts.text_source else 1
 
     @property
     def text_encoders(self) -> list:
         return [e for e in (self.text_encoder, self.text_encoder_2) if e is not None]
-
-    @property
-    def tokenizers(self) -> list:
-        return [t for t in (self.tokenizer, self.tokenizer_2) if t is not None]
