@@ -63,8 +63,10 @@ def prepare_model(base, cfg, accelerator) -> list:
     from diffusers.training_utils import cast_training_params
 
     from ..lora.inject import add_lora, trainable_parameters
+    from ..models.quantize import quantize_base
 
     dtype = weight_dtype_for(cfg.train.mixed_precision)
+    quantize_base(base, cfg, accelerator.device)  # before the move: bitsandbytes quantizes on it
     for module in (base.unet, base.vae, base.text_encoder):
         module.to(accelerator.device, dtype=dtype)
     torch.manual_seed(cfg.train.seed)  # LoRA init
