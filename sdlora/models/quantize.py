@@ -100,7 +100,7 @@ def check_quantization_supported(kind: str, device, compute_dtype) -> None:
             f"bitsandbytes {found} cannot run model.quantize = '{kind}' on {device} ({type(exc).__name__}: {exc}). "
             "Set model.quantize = 'none' (or 'int8' / 'nf4', whichever works here), or install a bitsandbytes "
             "build for this device."
-        ) from None
+        ) from exc
 
 
 def _probe(kind: str, device, compute_dtype) -> None:

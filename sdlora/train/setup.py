@@ -169,5 +169,9 @@ def build_run(cfg, warn: Callable[[str], None]) -> RunParts:
         from .validation import ValidationSet
 
         validation = ValidationSet(cfg, base, accelerator)
-    return RunParts(accelerator, base, stream, plan, optimizer, lr_scheduler, generator, latent_source, text_source,
-                    prior, class_images, validation)
+    parts = RunParts(accelerator, base, stream, plan, optimizer, lr_scheduler, generator, latent_source, text_source,
+                     prior, class_images, validation)
+    from .offload import offload_encoders_after_caching
+
+    offload_encoders_after_caching(parts, cfg, warn)  # train.offload_encoders: after the caches are full
+    return parts
