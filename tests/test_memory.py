@@ -128,3 +128,28 @@ def test_auto_run_applies_and_reports_its_choice(tiny_sd15, image_folder, tmp_pa
     used = load_config(tmp_path / "run" / "config.toml")
     assert used.model.quantize == "nf4" and used.train.gradient_checkpointing and used.data.cache_latents == "memory"
     assert json.dumps(memory[0])  # the event is plain JSON for the UI
+
+
+def test_filled_caches_serve_every_later_epoch_without_the_encoders(tiny_sd15, image_folder, tmp_path):
+    """What train.offload_encoders relies on (its move to the CPU needs CUDA): after one epoch is
+    cached, training never calls the VAE or the text encoder again."""
+    from sdlora.train.offload import fill_caches
+    from sdlora.train.setup import build_run
+    from sdlora.train.trainer import Trainer
+
+    cfg = load_config(None, [f"model.path={tiny_sd15}", f"data.path={image_folder}", "data.resolution=64",
+                             "data.cache_latents=memory", "data.cache_text_embeddings=true", "train.batch_size=2",
+                             "lora.rank=4", "train.max_steps=100"])
+    assert offload_blockers(cfg) == []
+    trainer = Trainer(cfg, tmp_path / "run", emit=lambda event: None)
+    trainer.parts = build_run(cfg, warn=lambda message: None)
+    fill_caches(trainer.parts)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("an encoder ran after the caches were filled")
+
+    trainer.parts.base.vae.encode = refuse
+    trainer.parts.base.text_encoder.forward = refuse
+    epochs = 3
+    losses = [trainer.optimizer_step()["loss"] for _ in range(epochs * trainer.parts.stream.batches_per_epoch)]
+    assert len(losses) == 6 and all(loss == loss for loss in losses)

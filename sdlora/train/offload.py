@@ -26,11 +26,7 @@ def offload_encoders_after_caching(parts, cfg, warn) -> bool:
             f"need the encoders during training: {', '.join(blockers)}. Change them, or set "
             "train.offload_encoders = false."
         )
-    stream = parts.stream
-    for index in range(stream.batches_per_epoch):
-        batch = stream.batch(index)
-        parts.latent_source.distribution(batch)
-        parts.text_source.hidden_states(batch.captions)
+    fill_caches(parts)
     for name in ENCODERS:
         module = getattr(parts.base, name, None)
         if module is not None:
@@ -39,6 +35,15 @@ def offload_encoders_after_caching(parts, cfg, warn) -> bool:
 
     torch.cuda.empty_cache()
     return True
+
+
+def fill_caches(parts) -> None:
+    """Encode every item and caption of one epoch into the caches (later epochs reuse them)."""
+    stream = parts.stream
+    for index in range(stream.batches_per_epoch):
+        batch = stream.batch(index)
+        parts.latent_source.distribution(batch)
+        parts.text_source.hidden_states(batch.captions)
 
 
 @contextlib.contextmanager
