@@ -12,7 +12,7 @@ from sdlora.models.loading import load_base_model
 from sdlora.train.setup import make_accelerator, prepare_model
 from tests.test_lora_training import _config, _fixed_batch
 
-STEPS = 15
+STEPS = 10
 
 
 def _layer_types(module) -> set[str]:

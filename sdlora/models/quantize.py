@@ -43,6 +43,7 @@ def quantize_base(base, cfg, device) -> dict:
         module = getattr(base, name, None)
         if module is None:
             continue
+        module.to("cpu")  # bitsandbytes quantizes on a move *from* the CPU (DreamBooth may have moved it)
         replaced[name] = replace_linear_layers(module, kind, compute_dtype)
         setattr(module, PEFT_FLAGS[kind], True)
         module.to(device)
