@@ -47,7 +47,20 @@ def quantize_base(base, cfg, device) -> dict:
         replaced[name] = replace_linear_layers(module, kind, compute_dtype)
         setattr(module, PEFT_FLAGS[kind], True)
         module.to(device)
+    release_freed_memory()
     return replaced
+
+
+def release_freed_memory() -> None:
+    """Give the heap memory of the dropped full-precision weights back to the OS (glibc keeps freed
+    blocks otherwise, and the process's RSS would not shrink). A no-op where glibc is not used."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
 
 
 def replace_linear_layers(module, kind: str, compute_dtype) -> int:
