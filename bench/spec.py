@@ -38,6 +38,7 @@ class Spec:
     seed: int
     count_flops: bool
     quantize: str  # sdlora only: model.quantize
+    memory_target: float  # sdlora only: > 0 runs train.memory = 'auto' with this train.memory_target_gb
     threads: int  # torch intra-op threads per worker; 0 = torch's default (all cores)
     run_dir: str
 

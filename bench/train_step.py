@@ -46,7 +46,7 @@ def make_spec(args, tmp: str) -> Spec:
         resolution=resolution, batch_size=batch_size, rank=args.rank or rank, optimizer=args.optimizer,
         checkpointing=args.checkpointing, cache=args.cache == "on", precision=args.precision,
         attention=args.attention, device=args.device, seed=args.seed, count_flops=args.flops,
-        quantize=args.quantize, threads=args.threads, run_dir=tmp,
+        quantize=args.quantize, memory_target=args.memory_target, threads=args.threads, run_dir=tmp,
     )
 
 
@@ -77,8 +77,8 @@ def drive(workers: dict, args) -> dict:
 
 def run_benchmark(args) -> dict:
     modes = ["reference"] if args.model in ("sdxl", "tiny-sdxl") else ["sdlora", "reference"]
-    if args.quantize != "none":
-        modes = ["sdlora"]  # the reference loop has no quantized base
+    if args.quantize != "none" or args.memory_target:
+        modes = ["sdlora"]  # the reference loop has no quantized base or automatic settings
     modes = [m for m in modes if m in args.modes.split(",")]
     if args.model == "sdxl":
         import torch
@@ -171,6 +171,9 @@ def print_report(report: dict) -> None:
         mfu = ", ".join(f"{k} {v:.1%}" for k, v in f["mfu"].items() if v is not None) or "n/a (peak unknown)"
         print(f"FLOPs/step {f['per_step'] / 1e12:.3f} TFLOP; achieved TFLOP/s: {achieved}; MFU vs bf16 peak: {mfu}")
     print(f"peak memory: {next(iter(report['results'].values()))['peak_memory']['kind']}, per worker process")
+    for mode, r in report["results"].items():
+        for message in r["warnings"]:
+            print(f"{mode}: {message}")
     if "memory_estimate" in report:
         m = report["memory_estimate"]
         line = (f"sdlora memory estimate vs measured peak: {m['estimate_bytes'] / 2**30:.2f} GiB vs "
@@ -195,6 +198,8 @@ def parse_args(argv=None):
     parser.add_argument("--checkpointing", action="store_true", help="gradient checkpointing")
     parser.add_argument("--quantize", choices=("none", "int8", "nf4"), default="none",
                         help="sdlora's model.quantize (runs the sdlora loop only)")
+    parser.add_argument("--memory-target", type=float, default=0.0, metavar="GB",
+                        help="run sdlora with train.memory = 'auto' for this target (sdlora loop only)")
     parser.add_argument("--cache", choices=("on", "off"), default="on", help="cached latents + text embeddings")
     parser.add_argument("--precision", choices=("no", "fp16", "bf16"), default="no")
     parser.add_argument("--attention", choices=("sdpa", "eager"), default="sdpa")

@@ -32,6 +32,13 @@ class SdloraLoop:
                       "device": spec.device},
         })
         self.warnings: list[str] = []
+        if spec.memory_target > 0:  # what `sdlora train` does before a run with train.memory = 'auto'
+            from sdlora.config.io import deep_merge, to_dict
+            from sdlora.train.memory_auto import resolve_memory
+
+            auto = {"train": {"memory": "auto", "memory_target_gb": spec.memory_target}}
+            cfg, event = resolve_memory(from_dict(deep_merge(to_dict(cfg), auto)))
+            self.warnings.append(event.summary)
         self.cfg = cfg
         self.trainer = Trainer(cfg, Path(spec.run_dir) / "sdlora", emit=lambda event: None)
         self.trainer.parts = build_run(cfg, warn=self.warnings.append)
