@@ -150,6 +150,6 @@ def test_filled_caches_serve_every_later_epoch_without_the_encoders(tiny_sd15, i
 
     trainer.parts.base.vae.encode = refuse
     trainer.parts.base.text_encoder.forward = refuse
-    epochs = 3
+    epochs = 2  # the second epoch reshuffles the batches: every item must still be a cache hit
     losses = [trainer.optimizer_step()["loss"] for _ in range(epochs * trainer.parts.stream.batches_per_epoch)]
-    assert len(losses) == 6 and all(loss == loss for loss in losses)
+    assert len(losses) == 4 and all(loss == loss for loss in losses)

@@ -27,7 +27,7 @@ DTYPE_BYTES = {"no": 4, "fp16": 2, "bf16": 2}
 ACTIVATION_VALUES = {False: 43, True: 23}  # per (latent pixel x UNet block channel) per image; see module note
 VAE_ENCODE_VALUES = 4  # full-resolution feature maps of the VAE encoder's first block alive at once
 TEXT_ACTIVATION_VALUES = 24  # per (token x hidden unit x layer) when the text encoder trains
-CPU_BASELINE = 500 * MIB  # Python + the libraries + torch's workspace: measured tiny run 0.51 GiB, 0.40 GiB of it imports
+CPU_BASELINE = 500 * MIB  # Python + libraries + torch workspace: tiny run measured 0.51 GiB, 0.40 GiB of it imports
 CUDA_BASELINE = 512 * MIB  # CUDA context + kernels; outside torch.cuda.max_memory_allocated
 NF4_BLOCK = 64  # bitsandbytes 4-bit block size: one absmax per block (8-bit with double quantization)
 
@@ -197,8 +197,10 @@ def activation_bytes(facts: ModelFacts, cfg, bucket: tuple[int, int]) -> int:
     unet = cfg.train.batch_size * latent_pixels * sum(facts.unet_block_channels) * act
     unet *= ACTIVATION_VALUES[cfg.train.gradient_checkpointing]
     if cfg.lora.train_text_encoder:
-        unet += sum(cfg.train.batch_size * 77 * h * n * TEXT_ACTIVATION_VALUES * act for h, n in facts.text_hidden.values())
-    vae_encode = bucket[0] * bucket[1] * facts.vae_first_channels * act * VAE_ENCODE_VALUES  # one image at a time (inputs.py)
+        per_token = sum(h * n for h, n in facts.text_hidden.values())
+        unet += cfg.train.batch_size * 77 * per_token * TEXT_ACTIVATION_VALUES * act
+    # the VAE encodes one image at a time (inputs.py), before the UNet's activations exist
+    vae_encode = bucket[0] * bucket[1] * facts.vae_first_channels * act * VAE_ENCODE_VALUES
     return max(unet, vae_encode)
 
 
