@@ -105,6 +105,19 @@ class Warning_(Event):
 
 
 @dataclass
+class MemoryPlan(Event):
+    """The peak-memory estimate before training and, with train.memory = 'auto', what was chosen."""
+
+    summary: str  # one line: the choice (auto) or the estimate against the target
+    estimate_bytes: int
+    target_bytes: int  # 0 = unknown
+    fits: bool
+    changes: list  # ["train.gradient_checkpointing = true", ...]; empty in 'manual' mode
+    breakdown: list  # the estimate's lines, as `sdlora plan` prints them
+    type: str = field(init=False, default="memory")
+
+
+@dataclass
 class DataSummary(Event):
     """The dataset as training will see it: sent once, after lint and bucketing."""
 

@@ -162,6 +162,13 @@ def _prompt_arguments(pipe, preview: PreviewPrompt, clip_skip: int) -> dict:
 
 def render_previews(model, cfg, step: int, folder: Path, accelerator=None) -> list[Path]:
     """One PNG per prompt (settings in its text chunk) plus a grid; returns all written paths."""
+    from .train.offload import encoders_beside_unet
+
+    with encoders_beside_unet(model):  # train.offload_encoders keeps them on the CPU between previews
+        return _render_previews(model, cfg, step, folder, accelerator)
+
+
+def _render_previews(model, cfg, step: int, folder: Path, accelerator) -> list[Path]:
     previews = parse_prompts(cfg.sample, cfg.data.resolution)
     pipe = inference_pipeline(model)
     default_scheduler = pipe.scheduler

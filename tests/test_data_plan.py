@@ -62,6 +62,7 @@ def test_max_steps_and_memory_counts_real_lora_params(tmp_path):
     weights = sum(p.numel() for m in (base.unet, base.vae, base.text_encoder) for p in m.parameters()) - plan.memory["lora_params"]
     assert plan.memory["frozen_weights"] == weights * 4
     assert plan.memory["total"] > plan.memory["frozen_weights"]
+    assert plan.memory["total"] == sum(size for _, size in plan.memory["parts"])
 
 
 def test_plan_needs_no_model_and_cli_json(tmp_path, capsys):

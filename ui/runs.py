@@ -115,6 +115,8 @@ def _apply(view: RunView, event: dict) -> None:
         view.samples = [p for p in event["paths"] if not p.endswith("-grid.png")] + view.samples
     elif kind == "saved":
         view.saved.append(event["path"])
+    elif kind == "memory":
+        view.messages.append(event["summary"])
     elif kind == "warning":
         view.messages.append("warning: " + event["message"])
     elif kind == "finished":

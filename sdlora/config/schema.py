@@ -9,6 +9,8 @@ CONFIG_VERSION = 1
 
 FAMILIES = ("auto", "sd15", "sd2", "sd2-v", "sdxl")
 OPTIMIZERS = ("adamw8bit", "adamw", "adafactor", "prodigy")
+QUANTIZE_CHOICES = ("none", "int8", "nf4")
+MEMORY_MODES = ("manual", "auto")
 LR_SCHEDULERS = (
     "constant",
     "constant_with_warmup",
@@ -65,6 +67,21 @@ class ModelSection:
         "Precision of the frozen VAE: 'fp32' encodes in full precision (SDXL's VAE overflows to NaN in fp16), "
         "'same' uses train.mixed_precision, 'auto' = fp32 for SDXL unless model.vae_path is set, else 'same'.",
         choices=("auto", "fp32", "same"),
+        advanced=True,
+    )
+    # QLoRA-style frozen base (sdlora.models.quantize); the saved adapter is the same either way.
+    quantize: str = option(
+        "none",
+        "Quantize the frozen base (QLoRA): the UNet's and text encoder's linear layers are stored as "
+        "bitsandbytes 'int8' (LLM.int8, ~1/4 of fp32) or 'nf4' (4-bit NormalFloat, ~1/8); LoRA trains on top "
+        "in fp32. Convolutions and the VAE stay as they are. The saved LoRA loads on the unquantized base.",
+        choices=QUANTIZE_CHOICES,
+    )
+    quantize_compute_dtype: str = option(
+        "auto",
+        "dtype nf4 layers dequantize to for their matmul (int8 layers compute in int8 and return their "
+        "input's dtype); 'auto' = the train.mixed_precision dtype (fp32 when 'no').",
+        choices=("auto", "fp32", "bf16", "fp16"),
         advanced=True,
     )
 
@@ -243,6 +260,28 @@ class TrainSection:
         "NaN guard: a step whose loss or gradients are not finite is skipped (it still counts as a step); "
         "after this many in a row the run rolls back to the last good saved state and stops with advice.",
         min=1, max=1000, advanced=True,
+    )
+    # Memory preflight and automatic settings (sdlora.train.memory, memory_auto).
+    memory: str = option(
+        "manual",
+        "'auto': before training, turn on memory savers in this order until the peak-memory estimate fits "
+        "train.memory_target_gb: latent + text caching (encoders moved off the GPU), 8-bit AdamW, gradient "
+        "checkpointing, an int8 then nf4 base, a smaller batch with more accumulation (same effective "
+        "batch). Only savers are turned on; what was chosen is reported. 'manual' uses the settings as given.",
+        choices=MEMORY_MODES,
+    )
+    memory_target_gb: float = option(
+        0.0,
+        "Memory the run may use, in GB (GiB), for train.memory = 'auto' and the plan's warning; 0 = the "
+        "device's free memory (GPU: free VRAM; CPU: available RAM).",
+        min=0.0, max=4096.0,
+    )
+    offload_encoders: bool = option(
+        False,
+        "Move the VAE and text encoder to the CPU once every latent and caption is cached (CUDA only; needs "
+        "data.cache_latents, data.cache_text_embeddings, center crop, no random flip, no caption shuffle or "
+        "dropout, a frozen text encoder). They come back to the GPU only for previews.",
+        advanced=True,
     )
 
 

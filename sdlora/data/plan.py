@@ -72,17 +72,20 @@ def lr_curve(cfg, total_steps: int) -> list[list]:
 
 
 def memory_for(cfg, buckets: list) -> tuple[dict | None, str]:
-    from ..models.loading import resolve_model_path
-    from ..train.memory import estimate_memory
+    """The peak-memory breakdown for the largest bucket, the device's target and, when it does not
+    fit, settings that would (train.memory = 'auto': what it will choose)."""
+    from ..train.memory_auto import plan_memory, report_lines
 
     if not buckets:
         return None, "no images"
     largest = max(((w, h) for w, h, _ in buckets), key=lambda b: b[0] * b[1])
     try:
-        estimate = estimate_memory(resolve_model_path(cfg.model.path), cfg, largest)
+        choice, device = plan_memory(cfg, largest)
     except (ModelError, OSError, KeyError, ValueError) as exc:
         return None, f"memory estimate unavailable: {exc}"
-    return asdict(estimate) | {"total": estimate.total}, "\n".join(estimate.lines())
+    memory = choice.after.to_dict() | {"target": choice.target, "target_source": choice.target_source,
+                                        "fits": choice.fits, "auto_changes": choice.changes}
+    return memory, "\n".join(report_lines(choice, cfg, largest, device))
 
 
 def make_plan(cfg, with_lr: bool = True, with_memory: bool = True) -> DataPlan:

@@ -136,7 +136,8 @@ def load_base_model(model_cfg) -> BaseModel:
         return _load_single_file_model(folder, model_cfg)
     family = detect_family(folder) if model_cfg.family == "auto" else _checked_family(folder, model_cfg.family)
     prediction_type = prediction_type_of(folder) if model_cfg.prediction_type == "auto" else model_cfg.prediction_type
-    return _with_vae_override(_load_sd_components(folder, family, prediction_type), model_cfg.vae_path)
+    base = _load_sd_components(folder, family, prediction_type, in_memory=model_cfg.quantize != "none")
+    return _with_vae_override(base, model_cfg.vae_path)
 
 
 def _with_vae_override(base: BaseModel, vae_path: str) -> BaseModel:
@@ -199,18 +200,22 @@ def _checked_family(folder: Path, family: str) -> str:
     return family
 
 
-def _load_sd_components(folder: Path, family: str, prediction_type: str) -> BaseModel:
+def _load_sd_components(folder: Path, family: str, prediction_type: str, in_memory: bool = False) -> BaseModel:
+    """`in_memory` reads the weight files instead of mapping them: model.quantize drops the full-precision
+    linear weights, and pages of a mapped file would stay resident (counted in RSS) after that."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     second = {}
     try:
-        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet")
+        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", disable_mmap=in_memory)
         vae = AutoencoderKL.from_pretrained(folder, subfolder="vae")
-        text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder")
+        text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", disable_mmap=in_memory)
         tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
         if family == "sdxl":  # OpenCLIP-bigG: its projected pooled output conditions the UNet too
-            second["text_encoder_2"] = CLIPTextModelWithProjection.from_pretrained(folder, subfolder="text_encoder_2")
+            second["text_encoder_2"] = CLIPTextModelWithProjection.from_pretrained(
+                folder, subfolder="text_encoder_2", disable_mmap=in_memory
+            )
             second["tokenizer_2"] = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer_2")
         noise_scheduler = DDPMScheduler.from_pretrained(folder, subfolder="scheduler")
     except (OSError, ValueError) as exc:

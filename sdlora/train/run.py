@@ -120,6 +120,8 @@ def describe(event: Event) -> str:
         return f"training state saved: {event.path}"
     if event.type == "resumed":
         return f"resumed from step {event.step}"
+    if event.type == "memory":
+        return event.summary
     return f"{event.type}: {getattr(event, 'message', '')}"
 
 
@@ -127,10 +129,12 @@ def run_training(cfg: TrainConfig, run_dir: Path, progress: bool = True, extra_s
                  resume: bool = False, resume_state: Path | None = None) -> Path:
     """Train into `run_dir`; every outcome, failure included, ends up in events.jsonl.
     With `resume`, go on in the same folder from `resume_state` (default: its latest state)."""
+    from .memory_auto import resolve_memory
     from .trainer import Trainer
 
     run_dir = Path(run_dir)
     harmless: list[str] = []
+    cfg, memory_event = resolve_memory(cfg)  # train.memory = 'auto' changes the config the run uses
     if resume:
         resume_state, harmless = prepare_resume(cfg, run_dir, resume_state)
     else:
@@ -143,6 +147,8 @@ def run_training(cfg: TrainConfig, run_dir: Path, progress: bool = True, extra_s
         raise (disk_error(exc, run_dir) or exc) from exc
     sinks = [writer] + ([ProgressBar()] if progress else []) + ([extra_sink] if extra_sink else [])
     emit = fan_out(*sinks)
+    if memory_event is not None:
+        emit(memory_event)
     for change in harmless:
         emit(Warning_(f"resumed with a changed option (does not affect the training math): {change}"))
     trainer = Trainer(cfg, run_dir, emit, resume=resume, resume_state=resume_state)

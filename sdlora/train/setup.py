@@ -91,8 +91,10 @@ def prepare_model(base, cfg, accelerator) -> list:
     from diffusers.training_utils import cast_training_params
 
     from ..lora.inject import add_lora, trainable_parameters, trained_text_encoders
+    from ..models.quantize import quantize_base
 
     dtype = weight_dtype_for(cfg.train.mixed_precision)
+    quantize_base(base, cfg, accelerator.device)  # before the move: bitsandbytes quantizes on it
     for module in (base.unet, *base.text_encoders):
         module.to(accelerator.device, dtype=dtype)
     base.vae.to(accelerator.device, dtype=vae_dtype_for(cfg, base.family))
@@ -210,5 +212,9 @@ def build_run(cfg, warn: Callable[[str], None]) -> RunParts:
         from .validation import ValidationSet
 
         validation = ValidationSet(cfg, base, accelerator)
-    return RunParts(accelerator, base, stream, plan, optimizer, lr_scheduler, generator, latent_source, text_source,
-                    prior, class_images, validation)
+    parts = RunParts(accelerator, base, stream, plan, optimizer, lr_scheduler, generator, latent_source, text_source,
+                     prior, class_images, validation)
+    from .offload import offload_encoders_after_caching
+
+    offload_encoders_after_caching(parts, cfg, warn)  # train.offload_encoders: after the caches are full
+    return parts
