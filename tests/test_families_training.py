@@ -10,6 +10,7 @@ import torch
 from tests.export_fixtures import max_output_diff, outputs
 
 from sdlora.config import load_config
+from sdlora.config.schema import ModelSection
 from sdlora.errors import ConfigError, ModelError
 from sdlora.export.adapter import adapter_from_models
 from sdlora.export.io import write_lora_file
@@ -75,8 +76,7 @@ def test_training_exports_load_exactly_in_diffusers(tmp_path, image_folder, fami
 
 @pytest.fixture(scope="module")
 def tiny_sdxl():
-    return load_base_model(SimpleNamespace(path="builtin:tiny-sdxl", family="auto", prediction_type="auto",
-                                           allow_pickle=False, vae_path=""))
+    return load_base_model(ModelSection(path="builtin:tiny-sdxl"))
 
 
 def test_sdxl_prompt_encoding_equals_the_diffusers_pipeline(tiny_sdxl):
@@ -186,8 +186,7 @@ def test_vae_path_replaces_the_models_vae(tmp_path, tiny_sd15):
 
     other = build_tiny_pipeline("sd15", seed=7).vae
     other.save_pretrained(tmp_path / "vae")
-    model = SimpleNamespace(path=str(tiny_sd15), family="auto", prediction_type="auto", allow_pickle=False,
-                            vae_path=str(tmp_path / "vae"))
+    model = ModelSection(path=str(tiny_sd15), vae_path=str(tmp_path / "vae"))
     base = load_base_model(model)
     assert torch.equal(base.vae.encoder.conv_in.weight, other.encoder.conv_in.weight)
     model.vae_path = str(tmp_path)
