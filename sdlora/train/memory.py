@@ -129,7 +129,8 @@ def facts_of_modules(family: str, modules: dict) -> ModelFacts:
     components = {name: component_size(module) for name, module in modules.items()}
     lora_shapes = {("unet", key): target_shapes(modules["unet"], targets) for key, targets in UNET_TARGETS.items()}
     text = [name for name in modules if name.startswith("text_encoder")]
-    lora_shapes[("text", "")] = [s for name in text for s in target_shapes(modules[name], TEXT_ENCODER_TARGETS)]
+    for name in text:  # per encoder: SDXL may train CLIP-L alone (lora.train_text_encoder_2 = false)
+        lora_shapes[("text", name)] = target_shapes(modules[name], TEXT_ENCODER_TARGETS)
     hidden = {name: (modules[name].config.hidden_size, modules[name].config.num_hidden_layers) for name in text}
     channels = tuple(modules["unet"].config.block_out_channels)
     return ModelFacts(family, components, lora_shapes, channels, hidden, modules["vae"].config.block_out_channels[0])
@@ -175,9 +176,15 @@ def frozen_bytes(size: ComponentSize, quantize: str, dtype_bytes: int) -> int:
 def lora_tensors(facts: ModelFacts, lora_cfg) -> list[int]:
     """Element counts of every LoRA tensor (A: rank x in, B: out x rank)."""
     shapes = list(facts.lora_shapes[("unet", lora_cfg.unet_targets)])
-    if lora_cfg.train_text_encoder:
-        shapes += facts.lora_shapes[("text", "")]
+    for name in trained_encoder_names(facts, lora_cfg):
+        shapes += facts.lora_shapes[("text", name)]
     return [n for out, inp in shapes for n in (lora_cfg.rank * inp, out * lora_cfg.rank)]
+
+
+def trained_encoder_names(facts: ModelFacts, lora_cfg) -> list[str]:
+    if not lora_cfg.train_text_encoder:
+        return []
+    return [n for n in facts.text_hidden if n == "text_encoder" or lora_cfg.train_text_encoder_2]
 
 
 def optimizer_bytes(tensors: list[int], optim_cfg) -> int:
@@ -197,7 +204,7 @@ def activation_bytes(facts: ModelFacts, cfg, bucket: tuple[int, int]) -> int:
     unet = cfg.train.batch_size * latent_pixels * sum(facts.unet_block_channels) * act
     unet *= ACTIVATION_VALUES[cfg.train.gradient_checkpointing]
     if cfg.lora.train_text_encoder:
-        per_token = sum(h * n for h, n in facts.text_hidden.values())
+        per_token = sum(facts.text_hidden[n][0] * facts.text_hidden[n][1] for n in trained_encoder_names(facts, cfg.lora))
         unet += cfg.train.batch_size * 77 * per_token * TEXT_ACTIVATION_VALUES * act
     # the VAE encodes one image at a time (inputs.py), before the UNet's activations exist
     vae_encode = bucket[0] * bucket[1] * facts.vae_first_channels * act * VAE_ENCODE_VALUES
@@ -210,17 +217,23 @@ def encoders_offloaded(cfg, device: str) -> bool:
 
 def estimate(facts: ModelFacts, cfg, bucket: tuple[int, int], device: str) -> MemoryEstimate:
     """The breakdown for `cfg` at its largest bucket on `device` ('cpu' or 'cuda')."""
+    import torch
+
+    from .setup import vae_dtype_for
+
     dtype_bytes = DTYPE_BYTES[cfg.train.mixed_precision]
     quant = cfg.model.quantize
     parts = [("process baseline (Python + libraries)" if device == "cpu" else "CUDA context + kernels",
               CPU_BASELINE if device == "cpu" else CUDA_BASELINE)]
     dtype_name = {"no": "fp32", "fp16": "fp16", "bf16": "bf16"}[cfg.train.mixed_precision]
     offloaded = encoders_offloaded(cfg, device)
+    vae_fp32 = vae_dtype_for(cfg, facts.family) == torch.float32  # SDXL's VAE stays fp32 (model.vae_precision)
     for name, size in facts.components.items():
-        kind = dtype_name if name == "vae" or quant == "none" else f"{quant} + {dtype_name}"
+        own_bytes, own_name = (4, "fp32") if name == "vae" and vae_fp32 else (dtype_bytes, dtype_name)
+        kind = own_name if name == "vae" or quant == "none" else f"{quant} + {dtype_name}"
         resident = not (offloaded and name != "unet")
         label = f"{name} weights ({kind})" if resident else f"{name} weights (offloaded to CPU after caching)"
-        parts.append((label, frozen_bytes(size, "none" if name == "vae" else quant, dtype_bytes) if resident else 0))
+        parts.append((label, frozen_bytes(size, "none" if name == "vae" else quant, own_bytes) if resident else 0))
     tensors = lora_tensors(facts, cfg.lora)
     parts.append((f"LoRA params + grads ({sum(tensors):,d} fp32)", 8 * sum(tensors)))
     parts.append((f"optimizer state ({cfg.optim.optimizer})", optimizer_bytes(tensors, cfg.optim)))
