@@ -15,25 +15,6 @@ def set_attention(unet, attention: str) -> None:
         unet.set_attn_processor(AttnProcessor())
 
 
-def sdxl_unet(tiny: bool):
-    """SDXL base UNet shape (2.57B parameters), or a tiny one of the same kind."""
-    from diffusers import UNet2DConditionModel
-
-    if tiny:
-        from sdlora.models.tiny import _sdxl_unet
-
-        return _sdxl_unet()
-    return UNet2DConditionModel(
-        sample_size=128, in_channels=4, out_channels=4, layers_per_block=2,
-        block_out_channels=(320, 640, 1280),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(5, 10, 20), transformer_layers_per_block=(1, 2, 10), use_linear_projection=True,
-        cross_attention_dim=2048, addition_embed_type="text_time", addition_time_embed_dim=256,
-        projection_class_embeddings_input_dim=2816,
-    )
-
-
 class ReferenceLoop:
     """The same math written directly: load, add_adapter, loop(encode, noise, predict, MSE, step)."""
 
@@ -47,10 +28,11 @@ class ReferenceLoop:
         self.device = torch.device("cuda" if use_cuda else "cpu")
         self.dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[spec.precision]
         self.sdxl = spec.model in ("sdxl", "tiny-sdxl")
-        if self.sdxl:
-            torch.manual_seed(0)
-            self.unet = sdxl_unet(tiny=spec.model == "tiny-sdxl")
-            self.scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+        if self.sdxl:  # the UNet only: its text and latent inputs are made up below (see _encode)
+            from diffusers import UNet2DConditionModel
+
+            self.unet = UNet2DConditionModel.from_pretrained(spec.folder, subfolder="unet")
+            self.scheduler = DDPMScheduler.from_pretrained(spec.folder, subfolder="scheduler")
             self.frozen = [self.unet]
         else:
             self._load_sd(spec.folder)
@@ -109,7 +91,7 @@ class ReferenceLoop:
         """(latent mean, latent std, text hidden states) of the batch."""
         import torch
 
-        if self.sdxl:  # no VAE / text encoders are built for the SDXL shape: 'cached' inputs of the right size
+        if self.sdxl:  # no VAE / text encoders here: inputs of the right size, as if cached (compare with --cache on)
             side, channels = self.spec.resolution // 8, self.unet.config.cross_attention_dim
             g = torch.Generator().manual_seed(1)
             mean = torch.randn(self.spec.batch_size, 4, side, side, generator=g)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 UNET_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # sdlora's default 'attn' targets
 SD15_FOLDER_NAME = "bench-sd15-full"
+SDXL_FOLDER_NAME = "bench-sdxl-full"
 CAPTION = "a photo of sks dog, outdoors"
 # Dense bf16 tensor-core peaks (TFLOP/s, without sparsity) for the MFU estimate; --peak-tflops overrides.
 BF16_PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 80GB HBM3": 989.0, "H100 PCIe": 756.0,
@@ -80,13 +81,59 @@ def sd15_full_folder() -> Path:
     return folder
 
 
-def model_folder(model: str) -> str:
-    if model in ("sdxl", "tiny-sdxl"):
-        return ""  # UNet built in code, reference loop only
-    if model == "tiny":
-        from sdlora.models.loading import builtin_model_path
+def sdxl_modules(seed: int = 0) -> dict:
+    """SDXL base's real architecture (UNet 2.57B, CLIP-L, OpenCLIP-bigG, VAE) with random weights,
+    from the configs sdlora ships for reading SDXL single files."""
+    import diffusers
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
+    from sdlora.models.single_file.configs import shipped_configs
+    from sdlora.models.tokenizer import clip_tokenizer
+
+    configs = shipped_configs("sdxl")
+    scheduler_config = dict(configs["scheduler"])
+    scheduler_class = getattr(diffusers, scheduler_config.pop("_class_name"))
+    torch.manual_seed(seed)
+    return dict(
+        unet=UNet2DConditionModel.from_config(configs["unet"]), vae=AutoencoderKL.from_config(configs["vae"]),
+        text_encoder=CLIPTextModel(CLIPTextConfig(**configs["text_encoder"])),
+        text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**configs["text_encoder_2"])),
+        tokenizer=clip_tokenizer(), tokenizer_2=clip_tokenizer(pad_token="!"),
+        scheduler=scheduler_class.from_config(scheduler_config),
+    )
+
+
+def sdxl_full_folder() -> Path:
+    """A diffusers folder of full-size random SDXL, saved in fp16 (about 7 GB; built once, ~14 GB RAM)."""
+    from sdlora.models.loading import sdlora_home
+
+    folder = sdlora_home() / "models" / SDXL_FOLDER_NAME
+    if (folder / "model_index.json").is_file():
+        return folder
+    import torch
+    from diffusers import StableDiffusionXLPipeline
+
+    from sdlora.fsutil import atomic_dir
+
+    print(f"building full-size random SDXL into {folder} (once) ...", flush=True)
+    pipe = StableDiffusionXLPipeline(**sdxl_modules())
+    pipe.to(torch.float16)  # half the disk; sdlora loads it like any fp16 checkpoint
+    with atomic_dir(folder) as tmp:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+    return folder
+
+
+def model_folder(model: str) -> str:
+    from sdlora.models.loading import builtin_model_path
+
+    if model == "tiny":
         return str(builtin_model_path("tiny-sd15"))
+    if model == "tiny-sdxl":
+        return str(builtin_model_path("tiny-sdxl"))
+    if model == "sdxl":
+        return str(sdxl_full_folder())
     return str(sd15_full_folder())
 
 

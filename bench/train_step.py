@@ -11,9 +11,10 @@ the timed steps: RSS on CPU (VmHWM after resetting it through /proc/self/clear_r
 torch.cuda.max_memory_allocated on CUDA.
 
 Models: 'tiny' (builtin:tiny-sd15), 'sd15' (full-size SD1.5 shapes, random weights, built once
-into <SDLORA_HOME>/models/bench-sd15-full), 'sdxl' (full-size SDXL UNet shape, reference loop
-only since sdlora does not train SDXL yet; CUDA only), 'tiny-sdxl' (the SDXL reference path on a
-tiny UNet, to check that code path on CPU).
+into <SDLORA_HOME>/models/bench-sd15-full), 'sdxl' (full-size SDXL shapes, random fp16 weights,
+built once into <SDLORA_HOME>/models/bench-sdxl-full; CUDA only), 'tiny-sdxl' (builtin:tiny-sdxl,
+to check the SDXL paths on CPU). The SDXL reference loop feeds its UNet made-up inputs of the
+right size (no VAE or text encoders), i.e. what cached inputs give: compare it with --cache on.
 
     PYTHONPATH=. python bench/train_step.py --model tiny --json out.json
     PYTHONPATH=. python bench/train_step.py --model sd15 --checkpointing --optimizer adamw8bit
@@ -39,10 +40,9 @@ def make_spec(args, tmp: str) -> Spec:
     resolution = args.resolution or resolution
     batch_size = args.batch_size or batch_size
     data = Path(tmp) / "data"
-    if args.model not in ("sdxl", "tiny-sdxl"):
-        make_dataset(data, batch_size, resolution)
+    make_dataset(data, batch_size, resolution)
     return Spec(
-        model=args.model, folder=model_folder(args.model), data=str(data) if data.exists() else "",
+        model=args.model, folder=model_folder(args.model), data=str(data),
         resolution=resolution, batch_size=batch_size, rank=args.rank or rank, optimizer=args.optimizer,
         checkpointing=args.checkpointing, cache=args.cache == "on", precision=args.precision,
         attention=args.attention, device=args.device, seed=args.seed, count_flops=args.flops,
@@ -76,7 +76,7 @@ def drive(workers: dict, args) -> dict:
 
 
 def run_benchmark(args) -> dict:
-    modes = ["reference"] if args.model in ("sdxl", "tiny-sdxl") else ["sdlora", "reference"]
+    modes = ["sdlora", "reference"]
     if args.quantize != "none" or args.memory_target:
         modes = ["sdlora"]  # the reference loop has no quantized base or automatic settings
     modes = [m for m in modes if m in args.modes.split(",")]
