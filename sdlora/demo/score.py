@@ -2,8 +2,9 @@
 
 No learned parts, so it is deterministic and needs no training: the background is the median of
 the image border, the foreground is every pixel far from it, colours are the nearest palette
-entry, and the shape is the nearest ideal width profile (row widths of the foreground across its
-bounding box: constant for a square, a half-disc arc for a circle, a ramp for a triangle).
+entry, and the shape is the one whose ideal form (drawn by the renderer with the foreground's area
+and centroid) overlaps the foreground best. Overlap rather than outline features, so the blur
+of a VAE or a diffusion model does not turn squares into circles.
 """
 from __future__ import annotations
 
@@ -11,19 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .shapes import PALETTE, SHAPES, ShapeScene
+from .shapes import PALETTE, SHAPES, ShapeScene, render
 
 FOREGROUND_DISTANCE = 60.0  # RGB distance from the background that counts as foreground
 MIN_FOREGROUND = 0.02  # below this fraction of the image there is no shape to judge
-PROFILE_BINS = 12
-_Y = (np.arange(PROFILE_BINS) + 0.5) / PROFILE_BINS
-IDEAL_PROFILES = {
-    "square": np.ones(PROFILE_BINS),
-    "circle": 2 * np.sqrt(_Y * (1 - _Y)),
-    "triangle": _Y,
-}
-
-
 @dataclass(frozen=True)
 class Judgement:
     shape: str  # one of SHAPES, or "none" when no foreground was found
@@ -52,25 +44,28 @@ def _as_array(image) -> np.ndarray:
     return array
 
 
-def width_profile(mask: np.ndarray) -> np.ndarray | None:
-    """Row widths of the mask across its bounding box, resampled to PROFILE_BINS and scaled by the widest."""
-    rows = np.flatnonzero(mask.sum(axis=1) >= 1)
-    cols = np.flatnonzero(mask.sum(axis=0) >= 1)
-    if len(rows) < 3 or len(cols) < 3:
-        return None
-    box = mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].astype(np.float64)
-    widths = box.sum(axis=1)
-    positions = (np.arange(len(widths)) + 0.5) / len(widths)
-    profile = np.interp(_Y, positions, widths)
-    return profile / max(profile.max(), 1e-9)
+def template(shape: str, mask: np.ndarray) -> np.ndarray:
+    """The ideal `shape` with the mask's area and centroid, drawn by the renderer itself."""
+    side = mask.shape[0]
+    ys, xs = np.nonzero(mask)
+    area, cx, cy = float(len(xs)), (xs.mean() + 0.5) / side, (ys.mean() + 0.5) / side
+    half = {"square": np.sqrt(area) / 2, "circle": np.sqrt(area / np.pi), "triangle": np.sqrt(area / 2)}[shape]
+    if shape == "triangle":  # its centroid sits a third of the half-height below the box centre
+        cy -= half / 3 / side
+    scene = ShapeScene(shape, "white", "black", size=2 * half / side, center=(cx, cy))
+    return np.asarray(render(scene, side))[..., 0] > 127
 
 
 def classify_shape(mask: np.ndarray) -> str:
-    profile = width_profile(mask)
-    if profile is None:
+    """The shape whose same-area, same-centroid template overlaps the mask best (intersection over union)."""
+    if mask.sum() < 9:
         return "none"
-    errors = {name: float(np.mean((profile - ideal) ** 2)) for name, ideal in IDEAL_PROFILES.items()}
-    return min(SHAPES, key=errors.__getitem__)
+
+    def overlap(shape: str) -> float:
+        ideal = template(shape, mask)
+        return (ideal & mask).sum() / max((ideal | mask).sum(), 1)
+
+    return max(SHAPES, key=overlap)
 
 
 def judge(image) -> Judgement:
