@@ -2,7 +2,7 @@
 
 No learned parts, so it is deterministic and needs no training: the background is the median of
 the image border, the foreground is every pixel far from it, colours are the nearest palette
-entry, and the shape is the one whose ideal form (drawn by the renderer with the foreground's area
+entry, and the shape (world shapes and the concept's cross) is the one whose ideal form (drawn by the renderer with the foreground's area
 and centroid) overlaps the foreground best. Overlap rather than outline features, so the blur
 of a VAE or a diffusion model does not turn squares into circles.
 """
@@ -12,13 +12,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .shapes import PALETTE, SHAPES, ShapeScene, render
+from .shapes import ALL_SHAPES, PALETTE, ShapeScene, render
 
 FOREGROUND_DISTANCE = 60.0  # RGB distance from the background that counts as foreground
 MIN_FOREGROUND = 0.02  # below this fraction of the image there is no shape to judge
 @dataclass(frozen=True)
 class Judgement:
-    shape: str  # one of SHAPES, or "none" when no foreground was found
+    shape: str  # one of ALL_SHAPES, or "none" when no foreground was found
     colour: str  # nearest palette colour of the foreground ("none" without one)
     background: str
     foreground_fraction: float
@@ -49,7 +49,9 @@ def template(shape: str, mask: np.ndarray) -> np.ndarray:
     side = mask.shape[0]
     ys, xs = np.nonzero(mask)
     area, cx, cy = float(len(xs)), (xs.mean() + 0.5) / side, (ys.mean() + 0.5) / side
-    half = {"square": np.sqrt(area) / 2, "circle": np.sqrt(area / np.pi), "triangle": np.sqrt(area / 2)}[shape]
+    side_of = {"square": np.sqrt(area), "circle": np.sqrt(4 * area / np.pi), "triangle": np.sqrt(2 * area),
+               "cross": np.sqrt(9 * area / 5)}
+    half = side_of[shape] / 2
     if shape == "triangle":  # its centroid sits a third of the half-height below the box centre
         cy -= half / 3 / side
     scene = ShapeScene(shape, "white", "black", size=2 * half / side, center=(cx, cy))
@@ -65,7 +67,7 @@ def classify_shape(mask: np.ndarray) -> str:
         ideal = template(shape, mask)
         return (ideal & mask).sum() / max((ideal | mask).sum(), 1)
 
-    return max(SHAPES, key=overlap)
+    return max(ALL_SHAPES, key=overlap)
 
 
 def judge(image) -> Judgement:
