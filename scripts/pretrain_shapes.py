@@ -210,12 +210,12 @@ def parse_args(argv=None):
     parser.add_argument("--vae-steps", type=int, default=1500)
     parser.add_argument("--vae-batch", type=int, default=16)
     parser.add_argument("--vae-lr", type=float, default=2e-3)
-    parser.add_argument("--unet-steps", type=int, default=12000)
+    parser.add_argument("--unet-steps", type=int, default=3000)
     parser.add_argument("--unet-width", type=int, default=32)
     parser.add_argument("--unet-layers", type=int, default=1, help="resnet + attention layers per UNet block")
-    parser.add_argument("--unet-lr", type=float, default=1e-3)
+    parser.add_argument("--unet-lr", type=float, default=1.5e-3)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--ema", type=float, default=0.999)
+    parser.add_argument("--ema", type=float, default=0.995)
     parser.add_argument("--cache-images", type=int, default=8000)
     parser.add_argument("--vae-from", type=Path, help="reuse a trained VAE folder (for trials; skips stage 1)")
     return parser.parse_args(argv)
@@ -230,19 +230,23 @@ def main(argv=None) -> None:
     def log(message: str) -> None:
         print(f"[{time.time() - start:7.1f}s] {message}", flush=True)
 
-    vae, text_encoder, unet = build_vae(), build_text_encoder(), build_unet(args.unet_width, args.unet_layers)
-    tokenizer = clip_tokenizer()
-    text_encoder.eval()
+    vae, stages = build_vae(), {}
     if args.vae_from:
         from diffusers import AutoencoderKL
 
         vae = AutoencoderKL.from_pretrained(args.vae_from).eval()
     else:
         train_vae(vae, args.vae_steps, args.vae_batch, args.vae_lr, args.seed, log)
+        stages["vae_s"] = round(time.time() - start, 1)
+    torch.manual_seed(args.seed + 10)  # own seed: the same text encoder and UNet init with --vae-from
+    text_encoder, unet = build_text_encoder().eval(), build_unet(args.unet_width, args.unet_layers)
+    tokenizer = clip_tokenizer()
     data = prepare_latents(vae, text_encoder, tokenizer, args, log)
+    stages["latents_s"] = round(time.time() - start - sum(stages.values()), 1)
     train_unet(unet, data, args, log)
+    stages["unet_s"] = round(time.time() - start - sum(stages.values()), 1)
     info = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "out"}
-    info.update(seconds=round(time.time() - start, 1), torch=torch.__version__)
+    info.update(stages, seconds=round(time.time() - start, 1), torch=torch.__version__)
     save_pipeline(args.out, vae, text_encoder, tokenizer, unet, info)
     log(f"saved {args.out} ({info['seconds']:.0f} s)")
 
