@@ -90,7 +90,7 @@ PRESETS = sorted(p.stem for p in PRESETS_DIR.glob("*.toml"))
 
 
 def test_required_presets_exist():
-    assert {"sd15-character", "sd15-style", "sdxl-character", "sdxl-style", "demo-tiny"} <= set(PRESETS)
+    assert {"sd15-character", "sd15-style", "sdxl-character", "sdxl-style", "demo-tiny", "demo-concept"} <= set(PRESETS)
 
 
 @pytest.mark.parametrize("name", PRESETS)

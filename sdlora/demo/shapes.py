@@ -1,6 +1,14 @@
-"""Deterministic synthetic images of coloured shapes on plain backgrounds, with captions."""
+"""Deterministic synthetic images of coloured shapes on plain backgrounds, with captions.
+
+The "shapes world": every image is a flat-coloured shape (circle, square, triangle) of some size
+and position on a plain background, and its caption names the colour, the shape and the
+background. The built-in `shapes-sd15` model was pretrained on this world; the concept shape
+(a cross, captioned with the rare token 'sks') is kept out of pretraining so a LoRA can be shown
+to learn it.
+"""
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +22,14 @@ COLOURS = {
     "white": (245, 245, 245),
     "black": (20, 20, 20),
 }
-SHAPES = ("circle", "square", "triangle")
+WORLD_COLOURS = tuple(COLOURS)
+PALETTE = COLOURS
+SHAPES = ("circle", "square", "triangle")  # what the pretrained model knows
+CONCEPT_SHAPES = ("cross",)  # never in pretraining: the demo concept
+ALL_SHAPES = SHAPES + CONCEPT_SHAPES
+CONCEPT_TOKEN = "sks"
+SIZE_RANGE = (0.35, 0.7)  # shape side as a fraction of the image side
+CONCEPT_SIZE_RANGE = (0.5, 0.75)  # a cross needs room: its arms are a third of its size
 
 
 @dataclass(frozen=True)
@@ -24,32 +39,59 @@ class ShapeScene:
     background: str
     size: float = 0.6  # fraction of the image side
     center: tuple = (0.5, 0.5)
+    shape_word: str = ""  # the caption's word for the shape ('' = its name; 'sks' for the concept)
 
     @property
     def caption(self) -> str:
-        return f"a {self.colour} {self.shape} on a {self.background} background"
+        return f"a {self.colour} {self.shape_word or self.shape} on a {self.background} background"
 
 
 def render(scene: ShapeScene, side: int = 64):
     from PIL import Image, ImageDraw
 
-    image = Image.new("RGB", (side, side), COLOURS[scene.background])
+    image = Image.new("RGB", (side, side), PALETTE[scene.background])
     draw = ImageDraw.Draw(image)
     half = scene.size * side / 2
     cx, cy = scene.center[0] * side, scene.center[1] * side
     box = (cx - half, cy - half, cx + half, cy + half)
-    fill = COLOURS[scene.colour]
+    fill = PALETTE[scene.colour]
     if scene.shape == "circle":
         draw.ellipse(box, fill=fill)
     elif scene.shape == "square":
         draw.rectangle(box, fill=fill)
+    elif scene.shape == "cross":  # a plus sign, arms a third of its size thick
+        arm = half / 3
+        draw.rectangle((cx - half, cy - arm, cx + half, cy + arm), fill=fill)
+        draw.rectangle((cx - arm, cy - half, cx + arm, cy + half), fill=fill)
     else:
         draw.polygon([(cx, cy - half), (cx + half, cy + half), (cx - half, cy + half)], fill=fill)
     return image
 
 
+def random_scene(rng: random.Random, shapes=SHAPES, sizes=SIZE_RANGE, shape_word: str = "") -> ShapeScene:
+    """A scene drawn from the world: any shape and colour on a different background, random size and place."""
+    shape = rng.choice(shapes)
+    colour = rng.choice(WORLD_COLOURS)
+    background = rng.choice([b for b in WORLD_COLOURS if b != colour])
+    size = rng.uniform(*sizes)
+    margin = size / 2 + 0.04  # keep the whole shape inside, off the border the scorer reads
+    center = (rng.uniform(margin, 1 - margin), rng.uniform(margin, 1 - margin))
+    return ShapeScene(shape, colour, background, round(size, 4), (round(center[0], 4), round(center[1], 4)),
+                      shape_word)
+
+
+def world_scenes(count: int, seed: int, **kwargs) -> list[ShapeScene]:
+    rng = random.Random(seed)
+    return [random_scene(rng, **kwargs) for _ in range(count)]
+
+
+def concept_scenes(count: int = 12, seed: int = 1234) -> list[ShapeScene]:
+    """The demo concept: crosses captioned 'a <colour> sks on a <background> background'."""
+    return world_scenes(count, seed, shapes=CONCEPT_SHAPES, sizes=CONCEPT_SIZE_RANGE, shape_word=CONCEPT_TOKEN)
+
+
 DEMO_DATASETS = {
-    # A small concept set: red shapes on varied backgrounds.
+    # A small fixed set: red shapes on varied backgrounds (tests use it with the tiny random model).
     "demo-shapes": [
         ShapeScene(shape, "red", background, size, center)
         for shape, background, size, center in [
@@ -62,7 +104,9 @@ DEMO_DATASETS = {
             ("circle", "black", 0.4, (0.6, 0.6)),
             ("square", "blue", 0.4, (0.4, 0.4)),
         ]
-    ]
+    ],
+    # The built-in demo concept for builtin:shapes-sd15: a shape the model never saw, bound to 'sks'.
+    "demo-concept": concept_scenes(),
 }
 
 

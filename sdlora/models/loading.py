@@ -13,6 +13,8 @@ from .family import FAMILY_NAMES, detect_family, prediction_type_of
 
 BUILTIN_PREFIX = "builtin:"
 BUILTIN_MODELS = {"tiny-sd15": "sd15", "tiny-sd2-v": "sd2-v", "tiny-sdxl": "sdxl"}
+# Pretrained models shipped inside the package (see sdlora/demo/models/), read in place.
+PACKAGED_MODELS = {"shapes-sd15": Path(__file__).resolve().parent.parent / "demo" / "models" / "shapes-sd15"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -22,20 +24,34 @@ def sdlora_home() -> Path:
 
 
 def builtin_model_path(name: str) -> Path:
-    """Path of a built-in model, built on first use (deterministic, seed 0)."""
+    """Path of a built-in model: a packaged pretrained one, or a tiny random one built on first use
+    (deterministic, seed 0)."""
     from ..fsutil import atomic_dir
     from .tiny import save_tiny_model
 
+    if name in PACKAGED_MODELS:
+        return _packaged_model(name)
     if name not in BUILTIN_MODELS:
         raise ModelError(
             f"Unknown built-in model '{BUILTIN_PREFIX}{name}'; built-in models are "
-            + ", ".join(BUILTIN_PREFIX + n for n in BUILTIN_MODELS)
+            + ", ".join(BUILTIN_PREFIX + n for n in [*PACKAGED_MODELS, *BUILTIN_MODELS])
             + "."
         )
     folder = sdlora_home() / "models" / name
     if not (folder / "model_index.json").is_file():
         with atomic_dir(folder) as tmp:
             save_tiny_model(tmp, BUILTIN_MODELS[name])
+    return folder
+
+
+def _packaged_model(name: str) -> Path:
+    folder = PACKAGED_MODELS[name]
+    if not (folder / "model_index.json").is_file():
+        raise ModelError(
+            f"The built-in model '{BUILTIN_PREFIX}{name}' is missing from this installation ({folder}). "
+            "Reinstall sdlora (its package data holds the model), or rebuild it with "
+            f"`python scripts/pretrain_shapes.py --out {folder}`."
+        )
     return folder
 
 
