@@ -46,15 +46,20 @@ class ShapeScene:
         return f"a {self.colour} {self.shape_word or self.shape} on a {self.background} background"
 
 
+def rgb(colour) -> tuple:
+    """A palette name's RGB, or an (r, g, b) tuple as it is (the VAE also learns off-palette colours)."""
+    return PALETTE[colour] if isinstance(colour, str) else tuple(colour)
+
+
 def render(scene: ShapeScene, side: int = 64):
     from PIL import Image, ImageDraw
 
-    image = Image.new("RGB", (side, side), PALETTE[scene.background])
+    image = Image.new("RGB", (side, side), rgb(scene.background))
     draw = ImageDraw.Draw(image)
     half = scene.size * side / 2
     cx, cy = scene.center[0] * side, scene.center[1] * side
     box = (cx - half, cy - half, cx + half, cy + half)
-    fill = PALETTE[scene.colour]
+    fill = rgb(scene.colour)
     if scene.shape == "circle":
         draw.ellipse(box, fill=fill)
     elif scene.shape == "square":
