@@ -100,3 +100,30 @@ def test_missing_packaged_model_says_how_to_fix(monkeypatch, tmp_path, name):
     monkeypatch.setitem(loading.PACKAGED_MODELS, name, tmp_path / "gone")
     with pytest.raises(ModelError, match="Reinstall sdlora"):
         loading.builtin_model_path(name)
+
+
+def test_ui_demo_project_is_the_concept_demo_and_keeps_user_edits(tmp_path):
+    from ui.project import demo_project
+
+    project = demo_project(tmp_path)
+    cfg = project.load_config()
+    assert cfg.model.path == "builtin:shapes-sd15" and cfg.data.path == str(project.images)
+    images = project.image_files()
+    assert len(images) == 12 and all(f" {CONCEPT_TOKEN} on a " in project.read_caption(p.name) for p in images)
+    project.write_caption(images[0].name, "my own caption")
+    cfg.train.max_steps = 7
+    project.save_config(cfg)
+    again = demo_project(tmp_path)  # reopening never rewrites what the user changed
+    assert again.read_caption(images[0].name) == "my own caption" and again.load_config().train.max_steps == 7
+
+
+def test_builtin_dataset_cache_follows_its_definition(sdlora_home, monkeypatch):
+    from sdlora.demo import shapes
+
+    folder = builtin_dataset_path("demo-concept")
+    assert folder.name == "demo-concept" and len(list(folder.glob("*.png"))) == 12
+    changed = [ShapeScene("circle", "red", "white", 0.5, (0.5, 0.5), CONCEPT_TOKEN)] * 3
+    monkeypatch.setitem(shapes.DEMO_DATASETS, "demo-concept", changed)
+    other = builtin_dataset_path("demo-concept")  # a changed definition never reuses the old cache
+    assert other != folder and len(list(other.glob("*.png"))) == 3
+    assert len(list(folder.glob("*.png"))) == 12  # and the old one is left alone

@@ -123,15 +123,27 @@ def write_dataset(folder: Path, scenes: list[ShapeScene], side: int = 64) -> Pat
     return folder
 
 
+def dataset_digest(scenes: list[ShapeScene], side: int = 64) -> str:
+    """A short hash of what a built-in dataset holds, so a changed definition gets a new folder."""
+    import hashlib
+
+    text = repr((side, [(s.caption, s.shape, rgb(s.colour), rgb(s.background), s.size, s.center) for s in scenes]))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:10]
+
+
 def builtin_dataset_path(name: str) -> Path:
+    """The built-in dataset's folder under SDLORA_HOME, written on first use, inside a folder named
+    by a hash of its contents: a cache left by an older sdlora whose dataset differed is never
+    used by mistake (nor touched)."""
     from ..fsutil import atomic_dir
     from ..models.loading import sdlora_home
 
     if name not in DEMO_DATASETS:
         raise DataError(f"Unknown built-in dataset 'builtin:{name}'; built-in datasets: "
                         + ", ".join("builtin:" + n for n in DEMO_DATASETS) + ".")
-    folder = sdlora_home() / "datasets" / name
+    scenes = DEMO_DATASETS[name]
+    folder = sdlora_home() / "datasets" / dataset_digest(scenes) / name  # keeps the name: tools show it
     if not folder.is_dir():
         with atomic_dir(folder) as tmp:
-            write_dataset(tmp, DEMO_DATASETS[name])
+            write_dataset(tmp, scenes)
     return folder
