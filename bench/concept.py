@@ -8,7 +8,7 @@
 4. A LoRA trained by sdlora (preset demo-concept: 12 rendered crosses captioned with 'sks'), timed;
    then the concept score and the world (unrelated-prompt) accuracy with the LoRA applied.
 
-    PYTHONPATH=. python bench/concept.py [--seeds 32] [--threads 2] [--set train.max_steps=N] [--json OUT]
+    PYTHONPATH=. python bench/concept.py [--seeds 32] [--guidance 7.5] [--threads 2] [--set train.max_steps=N] [--json OUT]
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from datetime import date
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
+GUIDANCE = 7.5  # as sdlora.demo.concept.GUIDANCE (not imported here: --help stays fast)
 
 
 def scorer_accuracy(model: str, count: int) -> dict:
@@ -56,15 +57,15 @@ def run(args) -> dict:
     world, concept = world_prompts(args.seeds), concept_prompts(args.seeds)
     pipe = load_pipeline(args.model)
     report = {"scorer": scorer_accuracy(args.model, args.scorer_images)}
-    report["base_world"] = score_pipeline(pipe, world).as_dict()
-    report["concept_before"] = score_pipeline(pipe, concept).as_dict()
+    report["base_world"] = score_pipeline(pipe, world, guidance=args.guidance).as_dict()
+    report["concept_before"] = score_pipeline(pipe, concept, guidance=args.guidance).as_dict()
     with tempfile.TemporaryDirectory() as tmp:
         overrides = [f"model.path={args.model}", *args.set]
         adapter, seconds = train_concept_lora(Path(tmp) / "run", args.preset, overrides)
         pipe = with_adapter(pipe, adapter)
         report["lora_train_s"] = round(seconds, 1)
-        report["concept_after"] = score_pipeline(pipe, concept).as_dict()
-        report["unrelated_after"] = score_pipeline(pipe, world).as_dict()
+        report["concept_after"] = score_pipeline(pipe, concept, guidance=args.guidance).as_dict()
+        report["unrelated_after"] = score_pipeline(pipe, world, guidance=args.guidance).as_dict()
     return report
 
 
@@ -84,6 +85,7 @@ def main() -> None:
     parser.add_argument("--model", default="builtin:shapes-sd15")
     parser.add_argument("--preset", default="demo-concept")
     parser.add_argument("--seeds", type=int, default=32, help="images (one seed each) per prompt set")
+    parser.add_argument("--guidance", type=float, default=GUIDANCE, help="classifier-free guidance of every generation")
     parser.add_argument("--scorer-images", type=int, default=400)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     parser.add_argument("--set", action="append", default=[], help="config override for the LoRA run (a.b=c)")
@@ -96,7 +98,7 @@ def main() -> None:
     start = time.perf_counter()
     report = run(args)
     report.update(benchmark="concept", date=str(date.today()), machine=platform.processor() or platform.machine(),
-                  threads=torch.get_num_threads(), seeds=args.seeds, model=args.model, preset=args.preset,
+                  threads=torch.get_num_threads(), seeds=args.seeds, guidance=args.guidance, model=args.model, preset=args.preset,
                   overrides=args.set, wall_s=round(time.perf_counter() - start, 1))
     print_report(report)
     out = args.json or RESULTS / f"{date.today()}-cpu-concept.json"

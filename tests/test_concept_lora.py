@@ -1,11 +1,11 @@
 """The concept benchmark as a test: a LoRA trained by sdlora on 12 rendered images of a shape the
-shapes-world model never saw ('sks' = a cross) must make 'a <colour> sks ...' prompts draw it.
+shapes-world model never saw ('sks' = a cross) must make 'a <colour> sks ...' prompts draw it,
+judged by the analytic scorer on fixed seeds.
 
-Both are strict xfail while the recipe does not learn the cross (issue #8 open), and both are
-marked slow so the default run does not spend minutes on a known failure; a strict xfail turns
-red once the concept is learned, so the marks come off then. The short version trains fewer
-steps and judges fewer seeds (meant for the default suite once it passes); the full one checks
-the benchmark's thresholds."""
+The short version (default suite, a couple of minutes on CPU) trains the demo-concept preset for
+300 of its 500 steps without previews and checks the rise of at least 0.5; the full one (slow)
+checks the benchmark's thresholds (bench/concept.py prints the same figures); it is a strict xfail
+while the concept score stays under 0.8, so it turns red once the recipe meets them."""
 from __future__ import annotations
 
 import pytest
@@ -19,7 +19,7 @@ from sdlora.demo.concept import (
     world_prompts,
 )
 
-SHORT = ["train.max_steps=60", "sample.every_n_steps=0", "save.every_n_steps=0"]
+SHORT = ["train.max_steps=300", "sample.every_n_steps=0", "save.every_n_steps=0"]
 
 
 def _before_after(tmp_path, seeds: int, overrides: list[str]):
@@ -32,16 +32,15 @@ def _before_after(tmp_path, seeds: int, overrides: list[str]):
     return before, base_world, score_pipeline(pipe, concept), score_pipeline(pipe, world), seconds
 
 
-NOT_MET = ("not met yet (2026-11-22): with the demo-concept preset and variants up to rank 32 / 800 steps "
-           "the concept score stays 0.0 (no crosses drawn) while world prompts degrade; see BENCHMARKS.md")
-
-
-@pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=NOT_MET)
 def test_a_short_concept_lora_raises_the_concept_score(tmp_path):
-    before, base_world, after, unrelated, _ = _before_after(tmp_path, 8, SHORT)
+    before, base_world, after, unrelated, _ = _before_after(tmp_path, 16, SHORT)
+    assert before.shape == 0.0 and before.colour >= 0.8  # 'sks' draws some known shape, in the right colour
     assert after.accuracy - before.accuracy >= 0.5, (before.judged, after.judged)
-    assert unrelated.accuracy >= base_world.accuracy - 0.35  # the LoRA does not wreck the rest of the world
+    assert unrelated.accuracy >= base_world.accuracy - 0.3, unrelated.judged  # the rest of the world stays
+
+
+NOT_MET = ("concept score 0.750 of 0.8 (2026-11-23, 32 seeds; world prompts 0.781 with the LoRA, 201 s); "
+           "700 steps give the same: see BENCHMARKS.md")
 
 
 @pytest.mark.slow

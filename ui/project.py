@@ -170,13 +170,18 @@ def open_project(root: Path, preset: str = "demo-tiny") -> Project:
     return project
 
 
+DEMO_PRESET = "demo-concept"
+
+
 def demo_project(home: Path) -> Project:
-    """The built-in demo: the tiny model, the demo shapes dataset and the demo-tiny preset."""
+    """The built-in demo: the pretrained shapes-world model (builtin:shapes-sd15) and 12 images of a
+    shape it never saw (a cross, captioned 'sks'), with the demo-concept preset: its previews show
+    the cross appear within minutes on CPU."""
     from sdlora.demo.shapes import DEMO_DATASETS, write_dataset
 
     root = Path(home) / "projects" / "demo"
     fresh = not (root / "project.toml").is_file()
-    project = open_project(root)
+    project = open_project(root, preset=DEMO_PRESET)
     if fresh and not project.image_files():
-        write_dataset(project.images, DEMO_DATASETS["demo-shapes"])
+        write_dataset(project.images, DEMO_DATASETS["demo-concept"])
     return project

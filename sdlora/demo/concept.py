@@ -14,7 +14,7 @@ from .score import judge
 from .shapes import ShapeScene, concept_scenes, world_scenes
 
 SAMPLE_STEPS = 20
-GUIDANCE = 4.0
+GUIDANCE = 7.5  # SD's usual default; the demo-concept preset's previews use it too
 
 
 def world_prompts(count: int, seed: int = 100) -> list[ShapeScene]:
