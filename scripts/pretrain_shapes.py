@@ -24,7 +24,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from sdlora.demo.shapes import ALL_SHAPES, CONCEPT_TOKEN, ShapeScene, render, world_scenes
+from sdlora.demo.shapes import (
+    ALL_SHAPES,
+    CONCEPT_TOKEN,
+    ShapeScene,
+    render,
+    world_scenes,
+)
 from sdlora.models.tokenizer import BOS_ID, EOS_ID, VOCAB_SIZE, clip_tokenizer
 
 SIDE = 64
