@@ -50,6 +50,9 @@ def test_quantization_optimizer_batch_and_checkpointing_move_the_right_parts(sd1
     batch2 = estimate(sd15_facts, _cfg(train={"batch_size": 2}), (512, 512), "cpu")
     ckpt = estimate(sd15_facts, _cfg(train={"gradient_checkpointing": True}), (512, 512), "cpu")
     assert batch2.part("activations") == 2 * base.part("activations")
+    prior = estimate(sd15_facts, _cfg(dreambooth={"enabled": True, "instance_prompt": "a sks dog",
+                                                  "class_prompt": "a dog"}), (512, 512), "cpu")
+    assert prior.part("activations") == batch2.part("activations")  # one class image per instance image
     assert ckpt.part("activations") == pytest.approx(base.part("activations") * 23 / 43)
 
 

@@ -198,14 +198,20 @@ def optimizer_bytes(tensors: list[int], optim_cfg) -> int:
     return 8 * sum(tensors)  # adamw: exp_avg + exp_avg_sq in fp32
 
 
+def forward_batch(cfg) -> int:
+    """Images per forward pass: DreamBooth prior preservation appends one class image per instance image."""
+    paired = cfg.dreambooth.enabled and cfg.dreambooth.prior_preservation
+    return cfg.train.batch_size * (2 if paired else 1)
+
+
 def activation_bytes(facts: ModelFacts, cfg, bucket: tuple[int, int]) -> int:
     act = DTYPE_BYTES[cfg.train.mixed_precision]
     latent_pixels = (bucket[0] // 8) * (bucket[1] // 8)
-    unet = cfg.train.batch_size * latent_pixels * sum(facts.unet_block_channels) * act
+    unet = forward_batch(cfg) * latent_pixels * sum(facts.unet_block_channels) * act
     unet *= ACTIVATION_VALUES[cfg.train.gradient_checkpointing]
     if cfg.lora.train_text_encoder:
         per_token = sum(facts.text_hidden[n][0] * facts.text_hidden[n][1] for n in trained_encoder_names(facts, cfg.lora))
-        unet += cfg.train.batch_size * 77 * per_token * TEXT_ACTIVATION_VALUES * act
+        unet += forward_batch(cfg) * 77 * per_token * TEXT_ACTIVATION_VALUES * act
     # the VAE encodes one image at a time (inputs.py), before the UNet's activations exist
     vae_encode = bucket[0] * bucket[1] * facts.vae_first_channels * act * VAE_ENCODE_VALUES
     return max(unet, vae_encode)
@@ -238,7 +244,8 @@ def estimate(facts: ModelFacts, cfg, bucket: tuple[int, int], device: str) -> Me
     parts.append((f"LoRA params + grads ({sum(tensors):,d} fp32)", 8 * sum(tensors)))
     parts.append((f"optimizer state ({cfg.optim.optimizer})", optimizer_bytes(tensors, cfg.optim)))
     checkpointing = "checkpointing" if cfg.train.gradient_checkpointing else "no checkpointing"
-    parts.append((f"activations ({bucket[0]}x{bucket[1]}, batch {cfg.train.batch_size}, {checkpointing})",
+    batch = f"batch {cfg.train.batch_size}" + (" + as many class images" if forward_batch(cfg) > cfg.train.batch_size else "")
+    parts.append((f"activations ({bucket[0]}x{bucket[1]}, {batch}, {checkpointing})",
                   activation_bytes(facts, cfg, bucket)))
     return MemoryEstimate(device, parts, sum(tensors), settings_summary(cfg))
 
