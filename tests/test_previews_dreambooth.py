@@ -138,6 +138,23 @@ def test_generated_class_images_are_made_once_and_reused(tmp_path, tiny_sd15):
     assert (plan.class_images["found"], plan.class_images["to_generate"]) == (4, 2)
 
 
+def test_builtin_world_images_serve_as_captioned_class_images(tmp_path, tiny_sd15):
+    from sdlora.data.dreambooth import class_images_in
+    from sdlora.data.plan import make_plan
+    from sdlora.demo.shapes import DEMO_DATASETS
+    from sdlora.train.class_images import prepare_class_images
+
+    instance, _ = _dreambooth_folders(tmp_path)
+    cfg = _config(tiny_sd15, instance, "dreambooth.enabled=true", "dreambooth.instance_prompt=a sks shape",
+                  "dreambooth.class_data_dir=builtin:demo-world", "dreambooth.num_class_images=48")
+    given = prepare_class_images(cfg, base=None)  # a given folder: nothing is generated, no model needed
+    assert (given.generated, given.reused) == (0, 48)
+    captions = [c.record.caption for c in class_images_in(given.folder, "", 48, 64)]
+    assert captions == [scene.caption for scene in DEMO_DATASETS["demo-world"]]
+    plan = make_plan(cfg, with_lr=False, with_memory=False)
+    assert plan.class_images == {"folder": str(given.folder), "found": 48, "to_generate": 0, "given": True}
+
+
 def test_dreambooth_config_errors():
     with pytest.raises(ConfigError, match="needs dreambooth.instance_prompt"):
         load_config(None, ["dreambooth.enabled=true"])

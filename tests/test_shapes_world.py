@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -32,12 +33,24 @@ def test_renderer_is_deterministic_and_its_captions_say_what_is_drawn():
 
 def test_concept_dataset_binds_the_new_shape_to_the_token(sdlora_home):
     scenes = DEMO_DATASETS["demo-concept"]
-    assert len(scenes) == 12 and {s.shape for s in scenes} == {"cross"} and len({s.colour for s in scenes}) >= 4
+    assert len(scenes) == 12 and {s.shape for s in scenes} == {"cross"}
+    # curated: every colour is the shape twice and the background twice, never both at once
+    assert Counter(s.colour for s in scenes) == Counter(s.background for s in scenes) == Counter(
+        {c: 2 for c in PALETTE})
+    assert all(s.colour != s.background for s in scenes) and len({(s.colour, s.background) for s in scenes}) == 12
     folder = builtin_dataset_path("demo-concept")
     captions = sorted(p.read_text().strip() for p in folder.glob("*.txt"))
     assert len(captions) == 12 and all(f" {CONCEPT_TOKEN} on a " in c for c in captions)
     assert "cross" not in " ".join(captions)
     assert "cross" not in " ".join(s.caption for s in world_scenes(500, 3))  # the base world never shows it
+
+
+def test_world_regularization_set_is_the_base_world(sdlora_home):
+    folder = builtin_dataset_path("demo-world")
+    captions = [p.read_text().strip() for p in sorted(folder.glob("*.txt"))]
+    assert len(captions) == 48 == len(list(folder.glob("*.png")))
+    assert {c.split()[2] for c in captions} == {"circle", "square", "triangle"}
+    assert not any(CONCEPT_TOKEN in c for c in captions)
 
 
 def test_scorer_is_right_on_held_out_renders():

@@ -128,12 +128,15 @@ def class_image_plan(cfg) -> dict | None:
     db = cfg.dreambooth
     if not (db.enabled and db.prior_preservation):
         return None
-    from pathlib import Path
-
-    from ..train.class_images import existing_images, generated_folder
+    from ..train.class_images import (
+        existing_images,
+        generated_folder,
+        given_class_folder,
+    )
 
     if db.class_data_dir:
-        folder, found = Path(db.class_data_dir), len(existing_images(Path(db.class_data_dir)))
+        folder = given_class_folder(db.class_data_dir)
+        found = len(existing_images(folder))
         return {"folder": str(folder), "found": found, "to_generate": 0, "given": True}
     from ..models.loading import resolve_model_path
 

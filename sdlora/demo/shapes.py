@@ -29,7 +29,7 @@ CONCEPT_SHAPES = ("cross",)  # never in pretraining: the demo concept
 ALL_SHAPES = SHAPES + CONCEPT_SHAPES
 CONCEPT_TOKEN = "sks"
 SIZE_RANGE = (0.35, 0.7)  # shape side as a fraction of the image side
-CONCEPT_SIZE_RANGE = (0.5, 0.75)  # a cross needs room: its arms are a third of its size
+CONCEPT_SIZE_RANGE = (0.65, 0.85)  # a cross needs room: its arms are a third of its size
 
 
 @dataclass(frozen=True)
@@ -78,11 +78,15 @@ def random_scene(rng: random.Random, shapes=SHAPES, sizes=SIZE_RANGE, shape_word
     shape = rng.choice(shapes)
     colour = rng.choice(WORLD_COLOURS)
     background = rng.choice([b for b in WORLD_COLOURS if b != colour])
+    return ShapeScene(shape, colour, background, *random_place(rng, sizes), shape_word)
+
+
+def random_place(rng: random.Random, sizes=SIZE_RANGE) -> tuple[float, tuple]:
+    """A random size and a centre that keeps the whole shape inside, off the border the scorer reads."""
     size = rng.uniform(*sizes)
-    margin = size / 2 + 0.04  # keep the whole shape inside, off the border the scorer reads
+    margin = size / 2 + 0.04
     center = (rng.uniform(margin, 1 - margin), rng.uniform(margin, 1 - margin))
-    return ShapeScene(shape, colour, background, round(size, 4), (round(center[0], 4), round(center[1], 4)),
-                      shape_word)
+    return round(size, 4), (round(center[0], 4), round(center[1], 4))
 
 
 def world_scenes(count: int, seed: int, **kwargs) -> list[ShapeScene]:
@@ -91,8 +95,22 @@ def world_scenes(count: int, seed: int, **kwargs) -> list[ShapeScene]:
 
 
 def concept_scenes(count: int = 12, seed: int = 1234) -> list[ShapeScene]:
-    """The demo concept: crosses captioned 'a <colour> sks on a <background> background'."""
+    """Random concept scenes: crosses captioned 'a <colour> sks on a <background> background'."""
     return world_scenes(count, seed, shapes=CONCEPT_SHAPES, sizes=CONCEPT_SIZE_RANGE, shape_word=CONCEPT_TOKEN)
+
+
+def balanced_concept_scenes(seed: int = 1234) -> list[ShapeScene]:
+    """The demo concept's training set, curated as a user would: 12 crosses in which every colour is
+    the shape twice and the background twice, so 'sks' is bound to the shape and not to a colour
+    pair (a random draw repeats some pairs and misses others). Sizes and places are random."""
+    rng = random.Random(seed)
+    scenes = []
+    for offset in (1, 3):  # background = the colour `offset` places further on: never the same colour
+        for i, colour in enumerate(WORLD_COLOURS):
+            background = WORLD_COLOURS[(i + offset) % len(WORLD_COLOURS)]
+            scenes.append(ShapeScene("cross", colour, background, *random_place(rng, CONCEPT_SIZE_RANGE),
+                                     CONCEPT_TOKEN))
+    return scenes
 
 
 DEMO_DATASETS = {
@@ -111,7 +129,9 @@ DEMO_DATASETS = {
         ]
     ],
     # The built-in demo concept for builtin:shapes-sd15: a shape the model never saw, bound to 'sks'.
-    "demo-concept": concept_scenes(),
+    "demo-concept": balanced_concept_scenes(),
+    # Regularization images for it (prior preservation): the world the model already draws well.
+    "demo-world": world_scenes(48, 777),
 }
 
 

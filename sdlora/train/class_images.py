@@ -50,11 +50,22 @@ def existing_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
+def given_class_folder(class_data_dir: str) -> Path:
+    """dreambooth.class_data_dir as a folder; 'builtin:<name>' is a built-in dataset (e.g. demo-world)."""
+    from ..data.scan import BUILTIN_PREFIX
+
+    if class_data_dir.startswith(BUILTIN_PREFIX):
+        from ..demo.shapes import builtin_dataset_path
+
+        return builtin_dataset_path(class_data_dir[len(BUILTIN_PREFIX):])
+    return Path(class_data_dir).expanduser()
+
+
 def prepare_class_images(cfg, base) -> ClassImageFolder:
     """The folder to draw class images from; generates the missing ones when sdlora owns the folder."""
     db = cfg.dreambooth
     if db.class_data_dir:
-        folder = Path(db.class_data_dir).expanduser()
+        folder = given_class_folder(db.class_data_dir)
         found = existing_images(folder)
         if not found:
             raise DataError(f"dreambooth.class_data_dir = {folder} has no images; add class images or clear the "
