@@ -7,6 +7,7 @@
    concept shape (a cross, never in pretraining) and the colour.
 4. A LoRA trained by sdlora (preset demo-concept: 12 rendered crosses captioned with 'sks'), timed;
    then the concept score and the world (unrelated-prompt) accuracy with the LoRA applied.
+5. The same two scores on held-out prompts and generation seeds that no recipe was tuned on.
 
     PYTHONPATH=. python bench/concept.py [--seeds 32] [--guidance 7.5] [--threads 2] [--set train.max_steps=N] [--json OUT]
 """
@@ -22,6 +23,7 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 GUIDANCE = 7.5  # as sdlora.demo.concept.GUIDANCE (not imported here: --help stays fast)
+HELD_OUT = (300, 400, 1000)  # concept-prompt seed, world-prompt seed, first generation seed (the tuned set: 200, 100, 0)
 
 
 def scorer_accuracy(model: str, count: int) -> dict:
@@ -59,6 +61,10 @@ def run(args) -> dict:
     report = {"scorer": scorer_accuracy(args.model, args.scorer_images)}
     report["base_world"] = score_pipeline(pipe, world, guidance=args.guidance).as_dict()
     report["concept_before"] = score_pipeline(pipe, concept, guidance=args.guidance).as_dict()
+    held_concept, held_world = concept_prompts(args.seeds, HELD_OUT[0]), world_prompts(args.seeds, HELD_OUT[1])
+    held = report["held_out"] = {
+        "base_world": score_pipeline(pipe, held_world, HELD_OUT[2], guidance=args.guidance).accuracy,
+        "concept_before": score_pipeline(pipe, held_concept, HELD_OUT[2], guidance=args.guidance).accuracy}
     with tempfile.TemporaryDirectory() as tmp:
         overrides = [f"model.path={args.model}", *args.set]
         adapter, seconds = train_concept_lora(Path(tmp) / "run", args.preset, overrides)
@@ -66,6 +72,8 @@ def run(args) -> dict:
         report["lora_train_s"] = round(seconds, 1)
         report["concept_after"] = score_pipeline(pipe, concept, guidance=args.guidance).as_dict()
         report["unrelated_after"] = score_pipeline(pipe, world, guidance=args.guidance).as_dict()
+        held["concept_after"] = score_pipeline(pipe, held_concept, HELD_OUT[2], guidance=args.guidance).accuracy
+        held["unrelated_after"] = score_pipeline(pipe, held_world, HELD_OUT[2], guidance=args.guidance).accuracy
     return report
 
 
@@ -77,7 +85,18 @@ def print_report(report: dict) -> None:
                        ("concept_after", "concept score after LoRA"), ("unrelated_after", "world prompts with LoRA")]:
         r = report[key]
         print(f"{label:<30} accuracy {r['accuracy']:.3f} (colour {r['colour']:.3f}, shape {r['shape']:.3f})")
+    held = report["held_out"]
+    print(f"held-out prompts and seeds:    base world {held['base_world']:.3f}, concept {held['concept_before']:.3f} "
+          f"-> {held['concept_after']:.3f}, world with LoRA {held['unrelated_after']:.3f}")
     print(f"LoRA training time             {report['lora_train_s']:.1f} s")
+
+
+def unused_path(path: Path) -> Path:
+    """`path`, or the first free `<stem>-2<suffix>`, ...: an earlier run's report is never overwritten."""
+    candidate, n = path, 2
+    while candidate.exists():
+        candidate, n = path.with_name(f"{path.stem}-{n}{path.suffix}"), n + 1
+    return candidate
 
 
 def main() -> None:
@@ -89,7 +108,7 @@ def main() -> None:
     parser.add_argument("--scorer-images", type=int, default=400)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     parser.add_argument("--set", action="append", default=[], help="config override for the LoRA run (a.b=c)")
-    parser.add_argument("--json", type=Path, help=f"write the report here (default {RESULTS}/<date>-cpu-concept.json)")
+    parser.add_argument("--json", type=Path, help=f"write the report here (default {RESULTS}/<date>-cpu-concept[-N].json, never overwritten)")
     args = parser.parse_args()
     import torch
 
@@ -101,7 +120,7 @@ def main() -> None:
                   threads=torch.get_num_threads(), seeds=args.seeds, guidance=args.guidance, model=args.model, preset=args.preset,
                   overrides=args.set, wall_s=round(time.perf_counter() - start, 1))
     print_report(report)
-    out = args.json or RESULTS / f"{date.today()}-cpu-concept.json"
+    out = args.json or unused_path(RESULTS / f"{date.today()}-cpu-concept.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {out}")

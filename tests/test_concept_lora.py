@@ -1,11 +1,10 @@
 """The concept benchmark as a test: a LoRA trained by sdlora on 12 rendered images of a shape the
 shapes-world model never saw ('sks' = a cross) must make 'a <colour> sks ...' prompts draw it,
-judged by the analytic scorer on fixed seeds.
+judged by the analytic scorer on fixed seeds, while world prompts keep their shapes.
 
-The short version (default suite, a couple of minutes on CPU) trains the demo-concept preset for
-300 of its 500 steps without previews and checks the rise of at least 0.5; the full one (slow)
-checks the benchmark's thresholds (bench/concept.py prints the same figures); it is a strict xfail
-while the concept score stays under 0.8, so it turns red once the recipe meets them."""
+The short version (default suite, a few minutes on CPU) trains the demo-concept preset for 300
+of its 500 steps without previews and checks a rise of at least 0.5; the full one (slow) checks
+the benchmark's thresholds (bench/concept.py prints the same figures)."""
 from __future__ import annotations
 
 import pytest
@@ -39,12 +38,7 @@ def test_a_short_concept_lora_raises_the_concept_score(tmp_path):
     assert unrelated.accuracy >= base_world.accuracy - 0.3, unrelated.judged  # the rest of the world stays
 
 
-NOT_MET = ("concept score 0.750 of 0.8 (2026-11-23, 32 seeds; world prompts 0.781 with the LoRA, 201 s); "
-           "700 steps give the same: see BENCHMARKS.md")
-
-
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=NOT_MET)
 def test_concept_benchmark_meets_its_thresholds(tmp_path):
     before, base_world, after, unrelated, seconds = _before_after(tmp_path, 32, [])
     assert base_world.accuracy >= 0.8, base_world.judged
