@@ -29,7 +29,7 @@ CONCEPT_SHAPES = ("cross",)  # never in pretraining: the demo concept
 ALL_SHAPES = SHAPES + CONCEPT_SHAPES
 CONCEPT_TOKEN = "sks"
 SIZE_RANGE = (0.35, 0.7)  # shape side as a fraction of the image side
-CONCEPT_SIZE_RANGE = (0.65, 0.85)  # a cross needs room: its arms are a third of its size
+CONCEPT_SIZE_RANGE = (0.65, 0.85)  # a cross needs room: an arm (a third of its size) is ~2 latent cells wide
 
 
 @dataclass(frozen=True)
