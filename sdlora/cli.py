@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_file_commands(commands)
     _add_blend_commands(commands)
     ui = commands.add_parser("ui", help="Open the web UI (the built-in demo project unless --project).")
-    ui.add_argument("--project", type=Path, help="Project folder (created when new); default: the demo project.")
+    ui.add_argument("--project", type=Path, help="Project folder (created from the sd15-character preset when new); default: the demo project.")
     ui.add_argument("--host", default="127.0.0.1", help="Address to bind (default 127.0.0.1: this machine only).")
     ui.add_argument("--port", type=int, default=7860)
     ui.add_argument("--auth", metavar="USER:PASSWORD", help="Require this login (use it when binding beyond localhost).")

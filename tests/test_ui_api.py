@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from sdlora.config import load_config
 from tests.ui_helpers import make_start_project, wait_for
 
 
@@ -28,6 +29,9 @@ def test_create_upload_caption_train_preview_export(running_app, tmp_path):
     new_root = workspace / "mychar"
     opened = client.predict(str(new_root), api_name="/open_project")
     assert opened[0] == str(new_root.resolve()) and (new_root / "project.toml").is_file()
+    fresh = load_config(new_root / "project.toml")  # a new project starts from a real recipe, no model chosen
+    assert (fresh.lora.rank, fresh.data.resolution, fresh.model.path) == (32, 512, "")
+    client.predict("demo-tiny", api_name="/apply_preset")
 
     sources = write_dataset(tmp_path / "src", DEMO_DATASETS["demo-shapes"][:4])
     images = sorted(sources.glob("*.png"))

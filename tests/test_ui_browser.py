@@ -69,8 +69,15 @@ def test_train_a_lora_by_clicks(browser_page, tmp_path, tiny_sd15):
         assert "sks, a red circle" in captions and captions.count("sks") == 3
         page.screenshot(path=str(SHOTS / "1-dataset.png"), full_page=True)
 
-        # Train: start, watch progress reach the end, see a preview image.
+        # Train: a new project starts from sd15-character with no model; pick the tiny demo preset, then
+        # start, watch progress reach the end, see a preview image.
         page.get_by_role("tab", name="Train").click()
+        preset = page.get_by_label("Preset")
+        preset.click()
+        preset.fill("demo-tiny")
+        page.get_by_role("option", name="demo-tiny").click()
+        page.get_by_role("button", name="Apply preset").click()
+        wait_for(lambda: "builtin:tiny-sd15" in (workspace / "clicks" / "project.toml").read_text(), timeout=120)
         page.get_by_role("button", name="Start").click()
         page.wait_for_function("() => { const p = document.querySelector('#sdlora-progress');"
                                " return p && Number(p.dataset.step) >= 1; }", timeout=600_000)

@@ -12,7 +12,7 @@ def make_start_project(workspace: Path) -> Path:
     from sdlora.config import load_config
     from ui.project import open_project
 
-    project = open_project(workspace / "start")
+    project = open_project(workspace / "start", preset="demo-tiny")
     project.save_config(load_config(preset="demo-tiny", overrides=FAST_SETTINGS))
     return project.root
 

@@ -160,7 +160,10 @@ def _file_hash(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def open_project(root: Path, preset: str = "demo-tiny") -> Project:
+NEW_PROJECT_PRESET = "sd15-character"  # a real recipe: the user picks the base model, as in kohya's GUI
+
+
+def open_project(root: Path, preset: str = NEW_PROJECT_PRESET) -> Project:
     """Open a project folder, creating it (with the preset's config) when it has no project.toml."""
     project = Project(Path(root).expanduser().resolve())
     if not project.config_path.is_file():
