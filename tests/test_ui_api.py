@@ -110,3 +110,16 @@ def test_a_killed_child_is_reported_as_crashed(running_app):
     os.kill(int((run_dir / "pid").read_text()), signal.SIGKILL)
     _, _, log, _, state = wait_for(lambda: (r := client.predict(api_name="/poll"))[4] == "crashed" and r, timeout=60)
     assert "ended without a final event" in log
+
+
+def test_start_without_a_base_model_says_what_to_choose(tmp_path, monkeypatch):
+    import gradio as gr
+
+    from ui import app as page
+
+    monkeypatch.setattr(page, "WORKSPACE", tmp_path)  # as `sdlora ui` sets it (an earlier app may have left its own)
+    root = str(tmp_path / "fresh")
+    values = page.open_project(root)[-len(page.form_options()):]  # the form as the page shows it
+    with pytest.raises(gr.Error, match="Choose a base model first"):
+        page.start_training(root, *values)
+    assert not (tmp_path / "fresh" / "runs").exists()

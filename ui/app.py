@@ -136,7 +136,11 @@ def start_training(root: str, *values):
     latest = runs.latest_run(project)
     if latest is not None and runs.read_run(latest).state in ("starting", "running"):
         raise gr.Error(f"A run is already going ({latest.name}); stop it first.")
-    project.save_config(config_from_form(project.load_config(), list(values)))
+    cfg = config_from_form(project.load_config(), list(values))
+    project.save_config(cfg)
+    if not cfg.model.path:
+        raise SdloraError("Choose a base model first: set model.path (Train tab) to a diffusers folder, a .safetensors "
+                          "checkpoint or a hub id, or apply a preset that names one (demo-concept, demo-tiny).")
     return str(runs.start_run(project))
 
 
